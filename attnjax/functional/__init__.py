@@ -1,0 +1,43 @@
+"""Pure JAX attention math: arrays in, arrays out. Imports jax and numpy only."""
+
+from attnjax.functional.attention import (
+    IMPLEMENTATIONS,
+    attend,
+    attention_pattern,
+    attention_scores,
+    dot_product_attention,
+    masked_softmax,
+    single_head_attention,
+)
+from attnjax.functional.masks import (
+    causal_mask,
+    combine_masks,
+    padding_mask,
+    segment_mask,
+    sliding_window_mask,
+)
+from attnjax.functional.positional import (
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    sinusoidal_embedding,
+)
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "attend",
+    "attention_pattern",
+    "attention_scores",
+    "causal_mask",
+    "combine_masks",
+    "dot_product_attention",
+    "masked_softmax",
+    "padding_mask",
+    "segment_mask",
+    "single_head_attention",
+    "sinusoidal_embedding",
+    "sliding_window_mask",
+]

@@ -1,0 +1,383 @@
+"""Scaled dot-product attention, written the way it is explained.
+
+For one example and one head:
+
+    scores  = q · kᵀ · scale                      [T, S]   (the grid)
+    pattern = softmax over keys (masked, + bias)  [T, S]   (float32)
+    out     = pattern · v                         [T, R]
+
+``dot_product_attention`` lifts this with ``jax.vmap`` over the G query heads that share a
+key/value head, then over the K key/value heads, then over the batch. Faster paths
+(``"einsum"``, ``"xla"``, ``"cudnn"``) are other implementations of the same function and are
+tested to agree with it.
+
+Shape letters: B batch, T queries, S keys, N query heads, K key/value heads, G = N/K,
+H query/key width, R value width.
+
+**Fully masked rows.** A query whose keys are all masked (by ``mask``, padding, a window, or a
+``-inf`` bias) gets a zero pattern row and a zero output, with zero (finite) gradients, in every
+implementation. It is never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Bool, Float, Int
+
+from attnjax.functional import masks as masks_lib
+from attnjax.functional._types import ArrayT
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "attend",
+    "attention_pattern",
+    "attention_scores",
+    "dot_product_attention",
+    "masked_softmax",
+    "single_head_attention",
+]
+
+Implementation = Literal["vmap", "einsum", "xla", "cudnn"]
+IMPLEMENTATIONS: tuple[str, ...] = ("vmap", "einsum", "xla", "cudnn")
+_NEEDS_JAX_NN = ("xla", "cudnn")
+
+
+# --------------------------------------------------------------------------------------------
+# One example, one head.
+# --------------------------------------------------------------------------------------------
+
+
+def attention_scores(
+    q: Float[ArrayT, "T H"], k: Float[ArrayT, "S H"], scale: float | None = None
+) -> Float[ArrayT, "T S"]:
+    """The grid: every query dotted with every key, times ``scale`` (default ``1/sqrt(H)``).
+
+    Accumulated and returned in float32 whatever the input dtype.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return jnp.einsum("TH,SH->TS", q, k, preferred_element_type=jnp.float32) * scale
+
+
+def masked_softmax(
+    scores: Float[ArrayT, "*rows S"], mask: Bool[ArrayT, "*#rows #S"] | None = None
+) -> Float[ArrayT, "*rows S"]:
+    """Softmax over the last axis, restricted to ``mask`` (True = keep); float32.
+
+    Masked entries are exactly 0. A row with nothing allowed is all zeros (not NaN, not
+    uniform), and its gradient is zero.
+    """
+    scores = scores.astype(jnp.float32)
+    allowed = scores > -jnp.inf if mask is None else mask & (scores > -jnp.inf)
+    masked = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+    unnormalized = jnp.where(allowed, jnp.exp(masked - row_max), 0.0)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return unnormalized / jnp.where(total > 0, total, 1.0)
+
+
+def attention_pattern(
+    scores: Float[ArrayT, "T S"],
+    mask: Bool[ArrayT, "#T #S"] | None = None,
+    bias: Float[ArrayT, "#T #S"] | None = None,
+) -> Float[ArrayT, "T S"]:
+    """The attention pattern: ``softmax(scores + bias)`` over the allowed keys of each row.
+
+    Computed in float32 whatever the input dtype; each row sums to 1, or is all zeros when
+    ``mask`` allows no key in that row.
+    """
+    scores = scores.astype(jnp.float32)
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    return masked_softmax(scores, mask)
+
+
+def attend(pattern: Float[ArrayT, "T S"], v: Float[ArrayT, "S R"]) -> Float[ArrayT, "T R"]:
+    """Move values by the pattern: each output row is a weighted mean of value rows."""
+    return jnp.einsum("TS,SR->TR", pattern.astype(v.dtype), v)
+
+
+def single_head_attention(
+    q: Float[ArrayT, "T H"],
+    k: Float[ArrayT, "S H"],
+    v: Float[ArrayT, "S R"],
+    mask: Bool[ArrayT, "#T #S"] | None = None,
+    bias: Float[ArrayT, "#T #S"] | None = None,
+    scale: float | None = None,
+    dropout_keep: Float[ArrayT, "T S"] | None = None,
+) -> tuple[Float[ArrayT, "T R"], Float[ArrayT, "T S"]]:
+    """Scores → pattern → values for one example and one head. Returns ``(out, pattern)``.
+
+    ``dropout_keep`` (already divided by the keep probability) multiplies the pattern before it
+    moves values; the returned pattern is the one before dropout.
+    """
+    pattern = attention_pattern(attention_scores(q, k, scale), mask, bias)
+    moved = pattern if dropout_keep is None else pattern * dropout_keep
+    return attend(moved, v), pattern
+
+
+# --------------------------------------------------------------------------------------------
+# Batched, multi-head, grouped-query.
+# --------------------------------------------------------------------------------------------
+
+
+def dot_product_attention(
+    query: Float[ArrayT, "*B T N H"],
+    key: Float[ArrayT, "*B S K H"],
+    value: Float[ArrayT, "*B S K R"],
+    bias: Float[ArrayT, ...] | None = None,
+    mask: Bool[ArrayT, ...] | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: Int[ArrayT, " B"] | None = None,
+    key_value_seq_lengths: Int[ArrayT, " B"] | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    implementation: Implementation | None = None,
+    return_pattern: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+):
+    """Multi-head scaled dot-product attention; a drop-in for ``jax.nn.dot_product_attention``.
+
+    Args:
+      query: ``[B, T, N, H]`` (or ``[T, N, H]``).
+      key: ``[B, S, K, H]``; K key/value heads, K must divide N (K < N is grouped-query
+        attention, K = 1 multi-query attention).
+      value: ``[B, S, K, R]``; the value width R may differ from H.
+      bias: added to the scores, broadcastable to ``[B, N, T, S]``. ``-inf`` entries mask.
+      mask: boolean, True = may attend, broadcastable to ``[B, N, T, S]``.
+      scale: multiplies the scores; default ``1/sqrt(H)``.
+      is_causal: query ``i`` sees keys ``j <= i`` (top-left aligned, as ``jax.nn``).
+      query_seq_lengths, key_value_seq_lengths: ``[B]`` int lengths; positions past them are
+        padding.
+      local_window_size: ``(left, right)`` or an int: query ``i`` sees keys in
+        ``[i - left, i + right]``.
+      implementation: ``"vmap"`` (the reference: the single-head function vmapped over heads
+        and batch), ``"einsum"``, ``"xla"`` or ``"cudnn"`` (both through
+        ``jax.nn.dot_product_attention``; they need R == H, no dropout and no returned
+        pattern). ``None`` takes ``"xla"`` where it supports the call, else ``"einsum"``.
+      return_pattern: also return the pattern ``[B, N, T, S]`` (float32, before dropout).
+      dropout_rate, dropout_rng: dropout on the pattern (vmap/einsum only).
+
+    Returns:
+      ``[B, T, N, R]`` (batch axis dropped for 3-D inputs), in the value dtype; with
+      ``return_pattern`` a tuple ``(out, pattern)``.
+
+    A query row whose keys are all masked outputs zeros (finite, zero gradients).
+    """
+    unbatched = jnp.ndim(query) == 3
+    query, key, value = (_batched(x, name) for x, name in _named(query, key, value))
+    batch, q_len, num_heads, _ = query.shape
+    k_len = key.shape[1]
+    _check_qkv_shapes(query, key, value)
+    target = (batch, num_heads, q_len, k_len)
+    mask = _check_broadcastable("mask", mask, target, boolean=True)
+    bias = _check_broadcastable("bias", bias, target, boolean=False)
+    if bias is not None:  # -inf bias entries are masks; keep the rest finite.
+        mask = masks_lib.combine_masks(mask, bias > -jnp.inf)
+        bias = jnp.where(bias > -jnp.inf, bias, 0.0)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    implementation = _choose_implementation(
+        implementation, query, value, return_pattern=return_pattern, dropout_rate=dropout_rate
+    )
+    window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
+    combined = _combined_mask(
+        mask, is_causal, window, query_seq_lengths, key_value_seq_lengths, q_len, k_len
+    )
+    keep = _dropout_keep(dropout_rate, dropout_rng, target)
+
+    if implementation == "vmap":
+        out, pattern = _vmap_attention(query, key, value, bias, combined, scale, keep)
+    elif implementation == "einsum":
+        out, pattern = _einsum_attention(query, key, value, bias, combined, scale, keep)
+    else:
+        pattern = None
+        native = dict(
+            mask=mask,
+            is_causal=is_causal,
+            query_seq_lengths=query_seq_lengths,
+            key_value_seq_lengths=key_value_seq_lengths,
+            local_window_size=window,
+        )
+        out = _jax_nn_attention(query, key, value, bias, combined, scale, implementation, native)
+    if unbatched:
+        out = out[0]
+        pattern = None if pattern is None else pattern[0]
+    return (out, pattern) if return_pattern else out
+
+
+def _named(query, key, value):
+    return ((query, "query"), (key, "key"), (value, "value"))
+
+
+def _batched(x, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim == 3:
+        return x[None]
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape [B, T/S, heads, width] (or 3-D), got {x.shape}")
+    return x
+
+
+def _check_qkv_shapes(query, key, value) -> None:
+    batch, _, num_heads, width = query.shape
+    if key.shape[0] != batch or value.shape[0] != batch:
+        raise ValueError(
+            f"batch sizes differ: query {query.shape}, key {key.shape}, value {value.shape}"
+        )
+    if key.shape[-1] != width:
+        raise ValueError(
+            f"query and key head widths differ: query {query.shape} has H={width}, "
+            f"key {key.shape} has H={key.shape[-1]}"
+        )
+    if key.shape[1:3] != value.shape[1:3]:
+        raise ValueError(
+            "key and value must agree on length S and heads K: "
+            f"key {key.shape}, value {value.shape}"
+        )
+    num_kv_heads = key.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_kv_heads={num_kv_heads} (key {key.shape}) must divide "
+            f"num_heads={num_heads} (query {query.shape})"
+        )
+
+
+def _check_broadcastable(name, x, target, *, boolean: bool):
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    if boolean and x.dtype != jnp.bool_:
+        raise ValueError(
+            f"{name} must be boolean (True = may attend), got dtype {x.dtype}; "
+            "pass additive masks as bias"
+        )
+    if x.ndim > 4 or any(
+        d not in (1, t) for d, t in zip(x.shape[::-1], target[::-1], strict=False)
+    ):
+        raise ValueError(
+            f"{name} of shape {x.shape} is not broadcastable to [B, N, T, S] = {list(target)}"
+        )
+    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _choose_implementation(implementation, query, value, *, return_pattern, dropout_rate):
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation={implementation!r} is unknown; choose one of {IMPLEMENTATIONS}"
+        )
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    unsupported = _jax_nn_unsupported(query, value, return_pattern, dropout_rate)
+    if implementation is None:
+        return "einsum" if unsupported else "xla"
+    if implementation in _NEEDS_JAX_NN:
+        if unsupported:
+            raise ValueError(
+                f"implementation={implementation!r} does not support this call: {unsupported}; "
+                "use implementation='einsum' or 'vmap'"
+            )
+        if implementation == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(
+                "implementation='cudnn' needs an NVIDIA GPU, but the default backend is "
+                f"{jax.default_backend()!r}"
+            )
+    return implementation
+
+
+def _jax_nn_unsupported(query, value, return_pattern, dropout_rate) -> str:
+    if return_pattern:
+        return "return_pattern=True (jax.nn does not expose the pattern)"
+    if dropout_rate > 0:
+        return "dropout_rate > 0"
+    if value.shape[-1] != query.shape[-1]:
+        return f"value width R={value.shape[-1]} differs from query/key width H={query.shape[-1]}"
+    return ""
+
+
+def _combined_mask(mask, is_causal, window, q_lengths, kv_lengths, q_len, k_len):
+    """One boolean mask broadcastable to [B, N, T, S] from every masking argument (or None)."""
+    parts = [mask]
+    if is_causal:
+        parts.append(masks_lib.causal_mask(q_len, k_len))
+    if window is not None:
+        parts.append(masks_lib.sliding_window_mask(q_len, k_len, window))
+    if kv_lengths is not None:
+        parts.append(masks_lib.padding_mask(kv_lengths, k_len))
+    if q_lengths is not None:
+        q_ok = jnp.arange(q_len)[None, :] < jnp.asarray(q_lengths)[:, None]
+        parts.append(q_ok[:, None, :, None])
+    return masks_lib.combine_masks(*parts)
+
+
+def _dropout_keep(rate, rng, target):
+    if rate == 0.0:
+        return None
+    if rng is None:
+        raise ValueError("dropout_rate > 0 needs dropout_rng (a jax.random key)")
+    keep = jax.random.bernoulli(rng, 1.0 - rate, target)
+    return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+def _grouped(x, num_kv_heads):
+    """[b, N or 1, T, S] → [b, K, G, T, S] (or [b, 1, 1, T, S], which broadcasts)."""
+    if x is None:
+        return None
+    if x.shape[1] == 1:
+        return x[:, :, None]
+    return x.reshape(x.shape[0], num_kv_heads, -1, *x.shape[2:])
+
+
+def _vmap_attention(query, key, value, bias, mask, scale, keep):
+    """The reference: the single-head function vmapped over G, then K, then B."""
+    batch, q_len, num_heads, _ = query.shape
+    num_kv_heads = key.shape[2]
+    group = num_heads // num_kv_heads
+    k_len = key.shape[1]
+    full = (batch, num_heads, q_len, k_len)
+    mask, bias, keep = (
+        None if x is None else _grouped(jnp.broadcast_to(x, full), num_kv_heads)
+        for x in (mask, bias, keep)
+    )
+    query = query.reshape(batch, q_len, num_kv_heads, group, -1)
+
+    def head(q, k, v, m, b, d):  # q [T,H] k [S,H] v [S,R] m,b,d [T,S]
+        return single_head_attention(q, k, v, m, b, scale, d)
+
+    # q [T,G,H] shares k [S,H], v [S,R]; the group's masks are [G,T,S].
+    over_group = jax.vmap(head, in_axes=(1, None, None, 0, 0, 0), out_axes=(1, 0))
+    over_kv_heads = jax.vmap(over_group, in_axes=(1, 1, 1, 0, 0, 0), out_axes=(1, 0))
+    over_batch = jax.vmap(over_kv_heads)
+    out, pattern = over_batch(query, key, value, mask, bias, keep)
+    return out.reshape(batch, q_len, num_heads, -1), pattern.reshape(full)
+
+
+def _einsum_attention(query, key, value, bias, mask, scale, keep):
+    batch, q_len, num_heads, _ = query.shape
+    num_kv_heads = key.shape[2]
+    query = query.reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, -1)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", query, key, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    if bias is not None:
+        scores = scores + _grouped(bias, num_kv_heads).astype(jnp.float32)
+    pattern = masked_softmax(scores, _grouped(mask, num_kv_heads))
+    moved = pattern if keep is None else pattern * _grouped(keep, num_kv_heads)
+    out = jnp.einsum("BKGTS,BSKR->BTKGR", moved.astype(value.dtype), value)
+    return out.reshape(batch, q_len, num_heads, -1), pattern.reshape(batch, num_heads, q_len, -1)
+
+
+def _jax_nn_attention(query, key, value, bias, combined, scale, implementation, native):
+    # cudnn builds causal/padding/window masks itself, without a [T, S] tensor.
+    kwargs = dict(mask=combined) if implementation == "xla" else native
+    out = jax.nn.dot_product_attention(
+        query, key, value, bias, scale=scale, implementation=implementation, **kwargs
+    )
+    if combined is None:
+        return out
+    # jax.nn averages all values for a row with no allowed key; define it as zeros.
+    row_has_keys = jnp.any(combined, axis=-1)  # [b, n, T]
+    return jnp.where(jnp.swapaxes(row_has_keys, 1, 2)[..., None], out, 0).astype(out.dtype)

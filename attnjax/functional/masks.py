@@ -1,0 +1,134 @@
+"""Attention masks as functions.
+
+A mask is a boolean array where ``True`` means "this query may look at this key". Every
+function returns a mask broadcastable to ``[B, N, T, S]`` (batch, heads, queries, keys), the
+convention of ``jax.nn.dot_product_attention``, so masks combine with ``combine_masks`` (a
+logical AND) and are passed straight to ``attnjax.dot_product_attention(mask=...)``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int
+
+__all__ = [
+    "causal_mask",
+    "combine_masks",
+    "padding_mask",
+    "segment_mask",
+    "sliding_window_mask",
+]
+
+
+def _positions(length: int, offset: int | Array = 0) -> Array:
+    return jnp.arange(length) + offset
+
+
+def causal_mask(
+    query_length: int, key_length: int | None = None, *, offset: int | Array = 0
+) -> Bool[Array, "1 1 T S"]:
+    """Query ``i`` sees keys ``j <= i + offset``.
+
+    ``offset=0`` is the top-left aligned mask of ``jax.nn.dot_product_attention(is_causal=True)``.
+    When queries continue a cached prefix of ``offset`` tokens, pass that offset so that query
+    ``i`` (absolute position ``offset + i``) sees the whole prefix and itself.
+    """
+    key_length = query_length if key_length is None else key_length
+    _check_length("query_length", query_length)
+    _check_length("key_length", key_length)
+    query_pos = _positions(query_length, offset)
+    key_pos = _positions(key_length)
+    return (key_pos[None, :] <= query_pos[:, None])[None, None]
+
+
+def sliding_window_mask(
+    query_length: int,
+    key_length: int | None = None,
+    window: int | tuple[int, int] = 0,
+    *,
+    offset: int | Array = 0,
+) -> Bool[Array, "1 1 T S"]:
+    """Query ``i`` sees keys ``j`` with ``i - left <= j <= i + right``.
+
+    ``window`` is ``(left, right)`` or one int for a symmetric window, as
+    ``local_window_size`` in ``jax.nn.dot_product_attention``. Combine with ``causal_mask``
+    (or use ``right=0``) for causal local attention.
+    """
+    key_length = query_length if key_length is None else key_length
+    left, right = normalize_window(window)
+    query_pos = _positions(query_length, offset)[:, None]
+    key_pos = _positions(key_length)[None, :]
+    return ((key_pos >= query_pos - left) & (key_pos <= query_pos + right))[None, None]
+
+
+def padding_mask(
+    key_lengths: Int[Array, " B"],
+    key_length: int,
+    *,
+    query_lengths: Int[Array, " B"] | None = None,
+    query_length: int | None = None,
+) -> Bool[Array, "B 1 T S"]:
+    """Keys at positions ``>= key_lengths[b]`` are padding and are never attended to.
+
+    With ``query_lengths`` (and ``query_length``) padded query rows are masked too; their
+    attention output is then defined as zeros.
+    """
+    key_lengths = jnp.asarray(key_lengths)
+    if key_lengths.ndim != 1:
+        raise ValueError(f"key_lengths must have shape [B], got shape {key_lengths.shape}")
+    key_ok = jnp.arange(key_length)[None, :] < key_lengths[:, None]  # [B, S]
+    mask = key_ok[:, None, None, :]
+    if query_lengths is None:
+        return mask
+    if query_length is None:
+        raise ValueError("query_length is required when query_lengths is given")
+    query_lengths = jnp.asarray(query_lengths)
+    query_ok = jnp.arange(query_length)[None, :] < query_lengths[:, None]  # [B, T]
+    return mask & query_ok[:, None, :, None]
+
+
+def segment_mask(
+    query_segment_ids: Int[Array, "B T"],
+    key_segment_ids: Int[Array, "B S"] | None = None,
+) -> Bool[Array, "B 1 T S"]:
+    """Packed sequences: a query sees only keys of the same segment id.
+
+    Use segment id 0 for padding only if you also mask it out (e.g. with ``padding_mask``);
+    equal ids always attend to each other.
+    """
+    query_segment_ids = jnp.asarray(query_segment_ids)
+    key_segment_ids = query_segment_ids if key_segment_ids is None else jnp.asarray(key_segment_ids)
+    if query_segment_ids.ndim != 2 or key_segment_ids.ndim != 2:
+        raise ValueError(
+            "segment ids must have shape [B, T] and [B, S], got "
+            f"query_segment_ids {query_segment_ids.shape}, key_segment_ids {key_segment_ids.shape}"
+        )
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    return same[:, None]
+
+
+def combine_masks(*masks: Bool[Array, ...] | None) -> Bool[Array, ...] | None:
+    """Logical AND of masks (``None`` entries are ignored; all ``None`` gives ``None``)."""
+    present = [jnp.asarray(m, dtype=bool) for m in masks if m is not None]
+    if not present:
+        return None
+    combined = present[0]
+    for mask in present[1:]:
+        combined = combined & mask
+    return combined
+
+
+def normalize_window(window: int | tuple[int, int]) -> tuple[int, int]:
+    """``int`` → symmetric ``(w, w)``; a pair is checked for non-negative ints."""
+    if isinstance(window, int):
+        window = (window, window)
+    if len(window) != 2 or any(not isinstance(w, int) or w < 0 for w in window):
+        raise ValueError(
+            f"local_window_size must be a non-negative int or a (left, right) pair, got {window}"
+        )
+    return tuple(window)
+
+
+def _check_length(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,6 @@
+"""Flax NNX modules that hold parameters and call ``attnjax.functional``."""
+
+from attnjax.layers.attention import KVCache, MultiHeadAttention
+from attnjax.layers.mlp import ACTIVATIONS, MLP, NORMS, make_norm
+
+__all__ = ["ACTIVATIONS", "MLP", "NORMS", "KVCache", "MultiHeadAttention", "make_norm"]

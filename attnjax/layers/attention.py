@@ -1,0 +1,251 @@
+"""Multi-head attention as an NNX module with stacked per-head parameters.
+
+Per head ``n`` (the 3Blue1Brown view): query map ``W_Q[n]`` [D, H], key map ``W_K[k]`` [D, H],
+value-down ``W_V↓[k]`` [D, R] and value-up ``W_V↑[n]`` [R, D]. Stacked over heads they are the
+usual projection tensors ``query`` [D, N, H], ``key`` [D, K, H], ``value_down`` [D, K, R],
+``value_up`` [N, R, D] (the value-ups of all heads, concatenated, are the output projection).
+With K < N key/value heads (grouped-query attention) each key/value head serves G = N/K query
+heads. The math lives in ``attnjax.functional``; this module only holds parameters.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Bool, Float, Int
+
+from attnjax import functional as F
+from attnjax.functional._types import ArrayT
+
+__all__ = ["KVCache", "MultiHeadAttention"]
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the tokens seen so far, for autoregressive decoding.
+
+    ``key`` [B, S_max, K, H] and ``value`` [B, S_max, K, R] are sized by the number of
+    key/value heads K (not N); ``length`` (int32 scalar) counts the filled positions.
+    """
+
+    key: Float[ArrayT, "B S K H"]
+    value: Float[ArrayT, "B S K R"]
+    length: Int[ArrayT, ""]
+
+    @classmethod
+    def empty(cls, batch_size, max_length, num_kv_heads, head_dim, value_dim, dtype=jnp.float32):
+        if batch_size < 1 or max_length < 1:
+            raise ValueError(
+                f"batch_size={batch_size} and max_length={max_length} must be positive"
+            )
+        return cls(
+            key=jnp.zeros((batch_size, max_length, num_kv_heads, head_dim), dtype),
+            value=jnp.zeros((batch_size, max_length, num_kv_heads, value_dim), dtype),
+            length=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def max_length(self) -> int:
+        return self.key.shape[1]
+
+
+def _check_positive(**sizes) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head (grouped-query) self-attention.
+
+    Args:
+      model_dim: D, width of the residual stream.
+      num_heads: N query heads.
+      num_kv_heads: K key/value heads (default N); must divide N.
+      head_dim: H, query/key width per head (default D // N, then N must divide D).
+      value_dim: R, value-down width per head (default H).
+      use_bias: biases on query, key, value-down and output (off by default).
+      dropout_rate: dropout on the attention pattern while training.
+      is_causal: query ``t`` sees only keys ``<= t``.
+      rope: rotate queries and keys by position (RoPE) with base ``rope_base``.
+      implementation: passed to ``attnjax.dot_product_attention``.
+      dtype: compute dtype (default: the input's); param_dtype: parameter dtype.
+    """
+
+    def __init__(
+        self,
+        model_dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        value_dim: int | None = None,
+        use_bias: bool = False,
+        dropout_rate: float = 0.0,
+        is_causal: bool = False,
+        rope: bool = False,
+        rope_base: float = 10_000.0,
+        implementation: str | None = None,
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init: nnx.Initializer = nnx.initializers.normal(0.02),
+        rngs: nnx.Rngs,
+    ):
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        _check_positive(model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads)
+        if head_dim is None:
+            if model_dim % num_heads:
+                raise ValueError(
+                    f"num_heads={num_heads} must divide model_dim={model_dim} when head_dim is "
+                    "not given (head_dim = model_dim // num_heads)"
+                )
+            head_dim = model_dim // num_heads
+        value_dim = head_dim if value_dim is None else value_dim
+        _check_positive(head_dim=head_dim, value_dim=value_dim)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+        if rope and head_dim % 2:
+            raise ValueError(f"rope=True needs an even head_dim, got head_dim={head_dim}")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        if implementation is not None and implementation not in F.IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation={implementation!r} is unknown; choose one of {F.IMPLEMENTATIONS}"
+            )
+        self.model_dim, self.num_heads, self.num_kv_heads = model_dim, num_heads, num_kv_heads
+        self.head_dim, self.value_dim = head_dim, value_dim
+        self.is_causal, self.rope, self.rope_base = is_causal, rope, rope_base
+        self.implementation, self.dtype = implementation, dtype
+        self.dropout_rate = dropout_rate
+        self.deterministic = False
+
+        def param(shape):
+            return nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+
+        def bias(shape):
+            return nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else None
+
+        d, n, k = model_dim, num_heads, num_kv_heads
+        self.query = param((d, n, head_dim))
+        self.key = param((d, k, head_dim))
+        self.value_down = param((d, k, value_dim))
+        self.value_up = param((n, value_dim, d))
+        self.query_bias = bias((n, head_dim))
+        self.key_bias = bias((k, head_dim))
+        self.value_bias = bias((k, value_dim))
+        self.output_bias = bias((d,))
+        self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
+        return KVCache.empty(
+            batch_size, max_length, self.num_kv_heads, self.head_dim, self.value_dim, dtype
+        )
+
+    def project(self, x: Float[ArrayT, "B T D"], positions: Int[ArrayT, "#B T"]):
+        """Queries [B,T,N,H], keys [B,T,K,H], values [B,T,K,R] of the input (RoPE applied)."""
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+
+        def proj(einsum, weight, bias):
+            out = jnp.einsum(einsum, x, weight[...].astype(dtype))
+            return out if bias is None else out + bias[...].astype(dtype)
+
+        q = proj("BTD,DNH->BTNH", self.query, self.query_bias)
+        k = proj("BTD,DKH->BTKH", self.key, self.key_bias)
+        v = proj("BTD,DKR->BTKR", self.value_down, self.value_bias)
+        if self.rope:
+            q = F.apply_rope(q, positions, base=self.rope_base)
+            k = F.apply_rope(k, positions, base=self.rope_base)
+        return q, k, v
+
+    def __call__(
+        self,
+        x: Float[ArrayT, "B T D"],
+        *,
+        mask: Bool[ArrayT, ...] | None = None,
+        bias: Float[ArrayT, ...] | None = None,
+        positions: Int[ArrayT, "#B T"] | None = None,
+        cache: KVCache | None = None,
+        return_pattern: bool = False,
+        deterministic: bool | None = None,
+    ):
+        """Self-attention of ``x`` [B, T, D] → [B, T, D].
+
+        ``mask``/``bias`` broadcast to [B, N, T, S] (S = T, or the cache length S_max).
+        ``positions`` [B, T] (default ``arange(T)``, after the cached prefix) feed RoPE.
+
+        With ``cache``, the T new tokens (a multi-token prompt or one token) are appended to
+        it and attend to everything cached before them (causally among themselves if
+        ``is_causal``). Returns:
+          ``y``; ``(y, pattern)`` with ``return_pattern`` (pattern [B, N, T, S], float32);
+          ``(y, new_cache)`` with ``cache``; ``(y, new_cache, pattern)`` with both.
+        """
+        if x.ndim != 3 or x.shape[-1] != self.model_dim:
+            raise ValueError(f"x must have shape [B, T, D={self.model_dim}], got {x.shape}")
+        length = x.shape[1]
+        offset = 0 if cache is None else cache.length
+        if positions is None:
+            positions = (jnp.arange(length) + offset)[None]
+        q, k, v = self.project(x, positions)
+        is_causal = self.is_causal
+        if cache is not None:
+            cache, k, v, mask = self._append_to_cache(cache, k, v, mask)
+            is_causal = False  # folded into the cache mask
+        deterministic = self.deterministic if deterministic is None else deterministic
+        use_dropout = self.dropout_rate > 0 and not deterministic
+        result = F.dot_product_attention(
+            q,
+            k,
+            v,
+            bias,
+            mask,
+            is_causal=is_causal,
+            implementation=self.implementation,
+            return_pattern=return_pattern,
+            dropout_rate=self.dropout_rate if use_dropout else 0.0,
+            dropout_rng=self.dropout_rngs() if use_dropout else None,
+        )
+        out, pattern = result if return_pattern else (result, None)
+        y = jnp.einsum("BTNR,NRD->BTD", out, self.value_up[...].astype(out.dtype))
+        if self.output_bias is not None:
+            y = y + self.output_bias[...].astype(y.dtype)
+        outputs = (
+            (y,) + ((cache,) if cache is not None else ()) + ((pattern,) if return_pattern else ())
+        )
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _append_to_cache(self, cache: KVCache, k, v, mask):
+        new_len = k.shape[1]
+        if cache.key.shape[2:] != k.shape[2:] or cache.value.shape[2:] != v.shape[2:]:
+            raise ValueError(
+                f"cache of key {cache.key.shape}, value {cache.value.shape} does not fit this "
+                f"layer (K={self.num_kv_heads}, H={self.head_dim}, R={self.value_dim})"
+            )
+        start = cache.length
+        _check_cache_room(start, new_len, cache.max_length)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache.key, k.astype(cache.key.dtype), start, 1)
+        values = jax.lax.dynamic_update_slice_in_dim(
+            cache.value, v.astype(cache.value.dtype), start, 1
+        )
+        max_len = cache.max_length
+        filled = jnp.arange(max_len)[None, :] < start + new_len  # [1, S_max]
+        cache_mask = filled[None, None]  # [1, 1, 1, S_max]
+        if self.is_causal:
+            cache_mask = cache_mask & F.causal_mask(new_len, max_len, offset=start)
+        new_cache = KVCache(keys, values, start + new_len)
+        return new_cache, keys, values, F.combine_masks(mask, cache_mask)
+
+
+def _check_cache_room(start, new_len: int, max_len: int) -> None:
+    """Raise if a concrete cache length would overflow (traced lengths are checked by callers)."""
+    try:
+        filled = int(start)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return
+    if filled + new_len > max_len:
+        raise ValueError(
+            f"cache overflow: {filled} cached + {new_len} new tokens > max_length={max_len}"
+        )

@@ -1,0 +1,74 @@
+"""The MLP of a transformer block and the normalization layers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Float
+
+from attnjax.functional._types import ArrayT
+
+__all__ = ["ACTIVATIONS", "MLP", "NORMS", "make_norm"]
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+NORMS = ("layernorm", "rmsnorm")
+
+
+class MLP(nnx.Module):
+    """``down(activation(up(x)))``: D → F → D, applied to every position independently."""
+
+    def __init__(
+        self,
+        model_dim: int,
+        mlp_dim: int,
+        *,
+        activation: str = "gelu",
+        use_bias: bool = True,
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init: nnx.Initializer = nnx.initializers.normal(0.02),
+        rngs: nnx.Rngs,
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is unknown; choose one of {list(ACTIVATIONS)}"
+            )
+        self.activation = activation
+        linear = dict(
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            rngs=rngs,
+        )
+        self.up = nnx.Linear(model_dim, mlp_dim, **linear)
+        self.down = nnx.Linear(mlp_dim, model_dim, **linear)
+
+    def __call__(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T D"]:
+        return self.down(ACTIVATIONS[self.activation](self.up(x)))
+
+
+def make_norm(
+    kind: str,
+    dim: int,
+    *,
+    eps: float = 1e-5,
+    use_bias: bool = True,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """``"layernorm"`` (scale, optional bias) or ``"rmsnorm"`` (scale only), over the last axis."""
+    if kind == "layernorm":
+        return nnx.LayerNorm(
+            dim, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+    if kind == "rmsnorm":
+        return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    raise ValueError(f"norm={kind!r} is unknown; choose one of {NORMS}")

@@ -1,0 +1,175 @@
+"""``ModelConfig``: the one place a configuration becomes a model's shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from attnjax.layers.mlp import ACTIVATIONS, NORMS
+
+__all__ = ["ModelConfig"]
+
+POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORM_POSITIONS = ("pre", "post")
+ARCHITECTURES = ("decoder", "encoder")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Every size and switch of a transformer. Frozen; validated on construction.
+
+    Derived sizes (``None`` fields) follow the usual conventions: ``head_dim = model_dim //
+    num_heads`` (then ``num_heads`` must divide ``model_dim``), ``num_kv_heads = num_heads``,
+    ``value_dim = head_dim``, ``mlp_dim = 4 * model_dim``. Use the ``resolved_*`` properties.
+
+    The defaults are a small GPT-style decoder (pre-LN, learned positions, tied unembedding,
+    no biases in attention). ``architecture="encoder"`` is a BERT-style encoder (post-LN,
+    bidirectional attention, token-type embeddings).
+    """
+
+    vocab_size: int = 256
+    max_seq_len: int = 128
+    model_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    value_dim: int | None = None
+    mlp_dim: int | None = None
+    architecture: str = "decoder"
+    attention_bias: bool = False
+    mlp_bias: bool = True
+    norm: str = "layernorm"
+    norm_bias: bool = True
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    final_norm: bool = True
+    embedding_norm: bool = False
+    activation: str = "gelu"
+    position_embedding: str = "learned"
+    rope_base: float = 10_000.0
+    tie_embeddings: bool = True
+    type_vocab_size: int = 0
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    attention_implementation: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_seq_len", "model_dim", "num_layers", "num_heads"):
+            _require_positive(name, getattr(self, name))
+        for name in ("num_kv_heads", "head_dim", "value_dim", "mlp_dim"):
+            if getattr(self, name) is not None:
+                _require_positive(name, getattr(self, name))
+        if self.head_dim is None and self.model_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must divide model_dim={self.model_dim} "
+                "(head_dim is derived as model_dim // num_heads; set head_dim to decouple them)"
+            )
+        if self.num_heads % self.resolved_num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
+            )
+        _require_choice("architecture", self.architecture, ARCHITECTURES)
+        _require_choice("norm", self.norm, NORMS)
+        _require_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        _require_choice("activation", self.activation, tuple(ACTIVATIONS))
+        _require_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        _require_choice("dtype", self.dtype, DTYPES)
+        _require_choice("param_dtype", self.param_dtype, DTYPES)
+        if self.position_embedding == "rope" and self.resolved_head_dim % 2:
+            raise ValueError(
+                f"position_embedding='rope' needs an even head_dim, got {self.resolved_head_dim}"
+            )
+        if self.position_embedding == "sinusoidal" and self.model_dim % 2:
+            raise ValueError(
+                f"position_embedding='sinusoidal' needs an even model_dim, got {self.model_dim}"
+            )
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        for name in ("dropout_rate", "attention_dropout_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+
+    # ---- derived sizes -----------------------------------------------------------------------
+
+    @property
+    def resolved_num_kv_heads(self) -> int:
+        """K: key/value heads."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """H: query/key width per head."""
+        return self.model_dim // self.num_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def resolved_value_dim(self) -> int:
+        """R: value-down width per head."""
+        return self.resolved_head_dim if self.value_dim is None else self.value_dim
+
+    @property
+    def resolved_mlp_dim(self) -> int:
+        """F: MLP hidden width."""
+        return 4 * self.model_dim if self.mlp_dim is None else self.mlp_dim
+
+    @property
+    def is_causal(self) -> bool:
+        return self.architecture == "decoder"
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def parameter_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    # ---- construction ------------------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        _check_field_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any) -> ModelConfig:
+        """From a mapping or ``ml_collections.ConfigDict`` (e.g. ``cfg.model``).
+
+        Unknown keys raise ``ValueError`` naming the key and the closest field.
+        """
+        values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        _check_field_names(values)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def _check_field_names(values: Mapping[str, Any]) -> None:
+    for name in values:
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(name, _FIELDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"ModelConfig has no field {name!r}{hint}")
+
+
+def _require_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; choose one of {list(choices)}")

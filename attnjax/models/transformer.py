@@ -1,0 +1,313 @@
+"""Transformer blocks and the decoder-only language model (GPT-2/GPT-3 layout)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Bool, Float, Int
+
+from attnjax import functional as F
+from attnjax.functional._types import ArrayT
+from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
+from attnjax.models.config import ModelConfig
+
+__all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "stack_patterns"]
+
+
+def _norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    return make_norm(
+        config.norm,
+        config.model_dim,
+        eps=config.norm_eps,
+        use_bias=config.norm_bias,
+        dtype=config.compute_dtype,
+        param_dtype=config.parameter_dtype,
+        rngs=rngs,
+    )
+
+
+class TransformerBlock(nnx.Module):
+    """Attention then MLP, each with a residual connection.
+
+    Pre-LN (GPT-2/3): ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+    Post-LN (BERT):   ``norm(x + attn(x))``, then ``norm(x + mlp(x))``.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.init_std)
+        self.norm_position = config.norm_position
+        self.attention_norm = _norm(config, rngs)
+        self.attention = MultiHeadAttention(
+            config.model_dim,
+            config.num_heads,
+            num_kv_heads=config.resolved_num_kv_heads,
+            head_dim=config.resolved_head_dim,
+            value_dim=config.resolved_value_dim,
+            use_bias=config.attention_bias,
+            dropout_rate=config.attention_dropout_rate,
+            is_causal=config.is_causal,
+            rope=config.position_embedding == "rope",
+            rope_base=config.rope_base,
+            implementation=config.attention_implementation,
+            dtype=config.compute_dtype,
+            param_dtype=config.parameter_dtype,
+            kernel_init=init,
+            rngs=rngs,
+        )
+        self.mlp_norm = _norm(config, rngs)
+        self.mlp = MLP(
+            config.model_dim,
+            config.resolved_mlp_dim,
+            activation=config.activation,
+            use_bias=config.mlp_bias,
+            dtype=config.compute_dtype,
+            param_dtype=config.parameter_dtype,
+            kernel_init=init,
+            rngs=rngs,
+        )
+        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+
+    def __call__(
+        self,
+        x: Float[ArrayT, "B T D"],
+        *,
+        mask: Bool[ArrayT, ...] | None = None,
+        bias: Float[ArrayT, ...] | None = None,
+        positions: Int[ArrayT, "#B T"] | None = None,
+        cache: KVCache | None = None,
+        return_pattern: bool = False,
+    ):
+        """``x`` [B, T, D] → [B, T, D]; extra outputs as ``MultiHeadAttention.__call__``."""
+        pre = self.norm_position == "pre"
+        outputs = self.attention(
+            self.attention_norm(x) if pre else x,
+            mask=mask,
+            bias=bias,
+            positions=positions,
+            cache=cache,
+            return_pattern=return_pattern,
+        )
+        attended, extras = (
+            (outputs, ())
+            if not isinstance(outputs, tuple)
+            else (
+                outputs[0],
+                outputs[1:],
+            )
+        )
+        if pre:
+            x = x + self.dropout(attended)
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        else:
+            x = self.attention_norm(x + self.dropout(attended))
+            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        return (x, *extras) if extras else x
+
+
+class Embeddings(nnx.Module):
+    """Token embedding [V, D] + position embedding + token-type embedding (encoders)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.init_std)
+        embed = dict(
+            dtype=config.compute_dtype,
+            param_dtype=config.parameter_dtype,
+            embedding_init=init,
+            rngs=rngs,
+        )
+        self.position_kind = config.position_embedding
+        self.model_dim = config.model_dim
+        self.max_seq_len = config.max_seq_len
+        self.token = nnx.Embed(config.vocab_size, config.model_dim, **embed)
+        self.position = (
+            nnx.Embed(config.max_seq_len, config.model_dim, **embed)
+            if config.position_embedding == "learned"
+            else None
+        )
+        self.token_type = (
+            nnx.Embed(config.type_vocab_size, config.model_dim, **embed)
+            if config.type_vocab_size
+            else None
+        )
+        self.norm = _norm(config, rngs) if config.embedding_norm else None
+        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+
+    def __call__(
+        self,
+        tokens: Int[ArrayT, "B T"],
+        positions: Int[ArrayT, "#B T"],
+        token_types: Int[ArrayT, "B T"] | None = None,
+    ) -> Float[ArrayT, "B T D"]:
+        x = self.token(tokens)
+        if self.position is not None:
+            x = x + self.position(positions)
+        elif self.position_kind == "sinusoidal":
+            x = x + F.sinusoidal_embedding(positions, self.model_dim).astype(x.dtype)
+        if self.token_type is not None:
+            types = jnp.zeros_like(tokens) if token_types is None else token_types
+            x = x + self.token_type(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
+    """Per-layer patterns [B, N, T, S] → one array [L, B, N, T, S]."""
+    return jnp.stack(patterns)
+
+
+class DecoderLM(nnx.Module):
+    """Decoder-only language model: embeddings, L pre-LN blocks, final norm, unembedding.
+
+    ``model(tokens)`` → logits [B, T, V] (float32). With ``tie_embeddings`` the unembedding
+    is the transpose of the token embedding. Build with ``DecoderLM(config, rngs=...)``.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        if config.architecture != "decoder":
+            raise ValueError(f"DecoderLM needs architecture='decoder', got {config.architecture!r}")
+        self.config = config
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.blocks = nnx.List(
+            [TransformerBlock(config, rngs=rngs) for _ in range(config.num_layers)]
+        )
+        self.final_norm = _norm(config, rngs) if config.final_norm else None
+        self.unembed = (
+            None
+            if config.tie_embeddings
+            else nnx.Linear(
+                config.model_dim,
+                config.vocab_size,
+                use_bias=False,
+                dtype=config.compute_dtype,
+                param_dtype=config.parameter_dtype,
+                kernel_init=nnx.initializers.normal(config.init_std),
+                rngs=rngs,
+            )
+        )
+
+    def __call__(
+        self,
+        tokens: Int[ArrayT, "B T"],
+        *,
+        positions: Int[ArrayT, "#B T"] | None = None,
+        mask: Bool[ArrayT, ...] | None = None,
+        return_patterns: bool = False,
+    ):
+        """Logits [B, T, V] for ``tokens`` [B, T] (causal).
+
+        ``mask`` (broadcastable to [B, N, T, T]) adds to causal masking, e.g. padding or
+        segment masks. With ``return_patterns`` returns ``(logits, patterns)``, patterns
+        [L, B, N, T, T] float32.
+        """
+        self._check_tokens(tokens)
+        length = tokens.shape[1]
+        if positions is None:
+            positions = jnp.arange(length)[None]
+        x = self.embeddings(tokens, positions)
+        bias = self._alibi(length, length, 0)
+        patterns = []
+        for block in self.blocks:
+            out = block(
+                x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns
+            )
+            x, pattern = out if return_patterns else (out, None)
+            patterns.append(pattern)
+        logits = self._logits(x)
+        return (logits, stack_patterns(patterns)) if return_patterns else logits
+
+    def init_cache(self, batch_size: int, max_length: int | None = None) -> tuple[KVCache, ...]:
+        """Empty key/value caches, one per layer, for up to ``max_length`` tokens."""
+        max_length = self.config.max_seq_len if max_length is None else max_length
+        if max_length > self.config.max_seq_len:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's max_seq_len={self.config.max_seq_len}"
+            )
+        return tuple(
+            block.attention.init_cache(batch_size, max_length, self.config.compute_dtype)
+            for block in self.blocks
+        )
+
+    def decode(
+        self, tokens: Int[ArrayT, "B T"], cache: tuple[KVCache, ...]
+    ) -> tuple[Float[ArrayT, "B T V"], tuple[KVCache, ...]]:
+        """Append ``tokens`` (a prompt, or one token per sequence) to ``cache``.
+
+        Returns the logits of the new positions and the updated cache. Feeding a sequence in
+        any split of chunks gives the same logits as ``model(sequence)``.
+        """
+        self._check_tokens(tokens)
+        if len(cache) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.blocks)}")
+        offset = cache[0].length
+        length = tokens.shape[1]
+        positions = (jnp.arange(length) + offset)[None]
+        x = self.embeddings(tokens, positions)
+        bias = self._alibi(length, cache[0].max_length, offset)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache, strict=False):
+            x, layer_cache = block(x, bias=bias, positions=positions, cache=layer_cache)
+            new_cache.append(layer_cache)
+        return self._logits(x), tuple(new_cache)
+
+    def _alibi(self, query_length, key_length, offset):
+        if self.config.position_embedding != "alibi":
+            return None
+        return F.alibi_bias(self.config.num_heads, query_length, key_length, offset=offset)
+
+    def _logits(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = self.embeddings.token.attend(x) if self.unembed is None else self.unembed(x)
+        return logits.astype(jnp.float32)
+
+    def _check_tokens(self, tokens) -> None:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [B, T], got {tokens.shape}")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds max_seq_len={self.config.max_seq_len}"
+            )
+
+
+def greedy_generate(
+    model: DecoderLM, prompt: Int[ArrayT, "B T"], max_new_tokens: int
+) -> tuple[Int[ArrayT, "B T+n"], Float[ArrayT, "B n V"]]:
+    """Greedy decoding with the key/value cache, compiled once.
+
+    Returns the prompt followed by ``max_new_tokens`` generated ids, and the logits that chose
+    each generated id.
+    """
+    prompt = jnp.asarray(prompt)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    total = prompt.shape[1] + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt length {prompt.shape[1]} + max_new_tokens={max_new_tokens} exceeds "
+            f"max_seq_len={model.config.max_seq_len}"
+        )
+    model._check_tokens(prompt)
+    graphdef, state = nnx.split(model)
+    return _greedy(graphdef, state, prompt, max_new_tokens)
+
+
+@jax.jit(static_argnums=(0, 3))
+def _greedy(graphdef, state, prompt, max_new_tokens):
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
+    logits, cache = model.decode(prompt, cache)
+    last = logits[:, -1]
+
+    def step(carry, _):
+        last_logits, cache = carry
+        token = jnp.argmax(last_logits, axis=-1).astype(prompt.dtype)
+        logits, cache = model.decode(token[:, None], cache)
+        return (logits[:, 0], cache), (token, last_logits)
+
+    _, (tokens, chosen_logits) = jax.lax.scan(step, (last, cache), length=max_new_tokens)
+    generated = jnp.swapaxes(tokens, 0, 1)
+    return jnp.concatenate([prompt, generated], axis=1), jnp.swapaxes(chosen_logits, 0, 1)

@@ -1,0 +1,14 @@
+"""Shared test set-up: CPU only, fresh random keys per test."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def key(request):
+    """A fresh PRNG key per test, derived from the test's name (reproducible, never zeros)."""
+    return jax.random.key(abs(hash(request.node.nodeid)) % (2**31))
