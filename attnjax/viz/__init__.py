@@ -1,0 +1,5 @@
+"""Matplotlib figures (headless, Agg): attention grids, parameter breakdowns, sweep plots.
+
+Submodules: ``attnjax.viz.attention`` (patterns), ``attnjax.viz.params`` (parameter counts),
+``attnjax.viz.sweep`` (sweep results).
+"""
