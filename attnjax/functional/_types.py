@@ -4,3 +4,5 @@ import jax
 import numpy as np
 
 ArrayT = jax.Array | np.ndarray
+# A Python number, or a traced/concrete scalar array (e.g. a scale inside jit).
+Scalar = float | int | jax.Array

@@ -26,10 +26,10 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 
 from attnjax.functional import masks as masks_lib
-from attnjax.functional._types import ArrayT
+from attnjax.functional._types import ArrayT, Scalar
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -52,7 +52,7 @@ _NEEDS_JAX_NN = ("xla", "cudnn")
 
 
 def attention_scores(
-    q: Float[ArrayT, "T H"], k: Float[ArrayT, "S H"], scale: float | None = None
+    q: Float[ArrayT, "T H"], k: Float[ArrayT, "S H"], scale: Scalar | None = None
 ) -> Float[ArrayT, "T S"]:
     """The grid: every query dotted with every key, times ``scale`` (default ``1/sqrt(H)``).
 
@@ -106,7 +106,7 @@ def single_head_attention(
     v: Float[ArrayT, "S R"],
     mask: Bool[ArrayT, "#T #S"] | None = None,
     bias: Float[ArrayT, "#T #S"] | None = None,
-    scale: float | None = None,
+    scale: Scalar | None = None,
     dropout_keep: Float[ArrayT, "T S"] | None = None,
 ) -> tuple[Float[ArrayT, "T R"], Float[ArrayT, "T S"]]:
     """Scores → pattern → values for one example and one head. Returns ``(out, pattern)``.
@@ -125,18 +125,20 @@ def single_head_attention(
 
 
 def dot_product_attention(
-    query: Float[ArrayT, "*B T N H"],
-    key: Float[ArrayT, "*B S K H"],
-    value: Float[ArrayT, "*B S K R"],
-    bias: Float[ArrayT, ...] | None = None,
-    mask: Bool[ArrayT, ...] | None = None,
+    # query [B,T,N,H], key [B,S,K,H], value [B,S,K,R]: shapes are checked in the body, with
+    # errors that name the argument, so the annotations only check the dtype kind.
+    query: Float[ArrayT, ...],
+    key: Float[ArrayT, ...],
+    value: Float[ArrayT, ...],
+    bias: Shaped[ArrayT, ...] | None = None,
+    mask: Shaped[ArrayT, ...] | None = None,
     *,
-    scale: float | None = None,
+    scale: Scalar | None = None,
     is_causal: bool = False,
     query_seq_lengths: Int[ArrayT, " B"] | None = None,
     key_value_seq_lengths: Int[ArrayT, " B"] | None = None,
     local_window_size: int | tuple[int, int] | None = None,
-    implementation: Implementation | None = None,
+    implementation: str | None = None,
     return_pattern: bool = False,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -332,6 +334,7 @@ def _grouped(x, num_kv_heads):
     return x.reshape(x.shape[0], num_kv_heads, -1, *x.shape[2:])
 
 
+@jax.jit
 def _vmap_attention(query, key, value, bias, mask, scale, keep):
     """The reference: the single-head function vmapped over G, then K, then B."""
     batch, q_len, num_heads, _ = query.shape
@@ -356,6 +359,7 @@ def _vmap_attention(query, key, value, bias, mask, scale, keep):
     return out.reshape(batch, q_len, num_heads, -1), pattern.reshape(full)
 
 
+@jax.jit
 def _einsum_attention(query, key, value, bias, mask, scale, keep):
     batch, q_len, num_heads, _ = query.shape
     num_kv_heads = key.shape[2]
