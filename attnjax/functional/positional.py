@@ -70,7 +70,7 @@ def alibi_slopes(num_heads: int) -> Float[ArrayT, " N"]:
 
 
 def alibi_bias(
-    num_heads: int, query_length: int, key_length: int | None = None, *, offset: int = 0
+    num_heads: int, query_length: int, key_length: int | None = None, *, offset: int | ArrayT = 0
 ) -> Float[ArrayT, "1 N T S"]:
     """ALiBi bias ``-slope_n · |i + offset - j|``, to pass as ``bias=`` to attention.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 
 from attnjax import functional as F
 from attnjax.functional._types import ArrayT
@@ -189,7 +189,7 @@ class DecoderLM(nnx.Module):
 
     def __call__(
         self,
-        tokens: Int[ArrayT, "B T"],
+        tokens: Shaped[ArrayT, "B T"],
         *,
         positions: Int[ArrayT, "#B T"] | None = None,
         mask: Bool[ArrayT, ...] | None = None,
@@ -230,7 +230,7 @@ class DecoderLM(nnx.Module):
         )
 
     def decode(
-        self, tokens: Int[ArrayT, "B T"], cache: tuple[KVCache, ...]
+        self, tokens: Shaped[ArrayT, "B T"], cache: tuple[KVCache, ...]
     ) -> tuple[Float[ArrayT, "B T V"], tuple[KVCache, ...]]:
         """Append ``tokens`` (a prompt, or one token per sequence) to ``cache``.
 
@@ -275,7 +275,7 @@ class DecoderLM(nnx.Module):
 
 def greedy_generate(
     model: DecoderLM, prompt: Int[ArrayT, "B T"], max_new_tokens: int
-) -> tuple[Int[ArrayT, "B T+n"], Float[ArrayT, "B n V"]]:
+) -> tuple[Int[ArrayT, "B total"], Float[ArrayT, "B n V"]]:
     """Greedy decoding with the key/value cache, compiled once.
 
     Returns the prompt followed by ``max_new_tokens`` generated ids, and the logits that chose

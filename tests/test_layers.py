@@ -1,0 +1,140 @@
+"""MultiHeadAttention, MLP and norms: against Flax's own module, causality, KV cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attnjax import functional as F
+from attnjax.layers import MLP, MultiHeadAttention, make_norm
+
+
+def test_matches_flax_multi_head_attention_with_copied_weights(key):
+    d, n, h = 16, 4, 4
+    ours = MultiHeadAttention(d, n, use_bias=True, rngs=nnx.Rngs(1))
+    theirs = nnx.MultiHeadAttention(n, d, qkv_features=n * h, decode=False, rngs=nnx.Rngs(2))
+    # Give ours non-zero biases, then copy every weight into Flax's module.
+    for name in ("query_bias", "key_bias", "value_bias", "output_bias"):
+        leaf = getattr(ours, name)
+        leaf[...] = jax.random.normal(jax.random.fold_in(key, len(name)), leaf.shape)
+    theirs.query.kernel[...] = ours.query[...]
+    theirs.query.bias[...] = ours.query_bias[...]
+    theirs.key.kernel[...] = ours.key[...]
+    theirs.key.bias[...] = ours.key_bias[...]
+    theirs.value.kernel[...] = ours.value_down[...]
+    theirs.value.bias[...] = ours.value_bias[...]
+    theirs.out.kernel[...] = ours.value_up[...]
+    theirs.out.bias[...] = ours.output_bias[...]
+    x = jax.random.normal(key, (2, 6, d))
+    causal = nnx.make_causal_mask(jnp.ones((2, 6))).astype(bool)
+    expected = theirs(x, mask=causal, deterministic=True)
+    got = ours(x, mask=causal)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    ours.is_causal = True
+    np.testing.assert_allclose(ours(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_value_rank_and_patterns(key):
+    mha = MultiHeadAttention(16, 4, num_kv_heads=2, head_dim=6, value_dim=3, rngs=nnx.Rngs(0))
+    assert mha.query.shape == (16, 4, 6) and mha.key.shape == (16, 2, 6)
+    assert mha.value_down.shape == (16, 2, 3) and mha.value_up.shape == (4, 3, 16)
+    x = jax.random.normal(key, (2, 5, 16))
+    y, pattern = mha(x, return_pattern=True)
+    assert y.shape == (2, 5, 16) and pattern.shape == (2, 4, 5, 5)
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, atol=1e-5)
+    # Recompute by hand: per head, softmax(x W_Q (x W_K)ᵀ / sqrt(H)) x W_V↓ W_V↑, summed over heads.
+    xs = np.asarray(x, np.float64)
+    wq, wk = np.asarray(mha.query[...]), np.asarray(mha.key[...])
+    wvd, wvu = np.asarray(mha.value_down[...]), np.asarray(mha.value_up[...])
+    expected = np.zeros((2, 5, 16))
+    for n in range(4):
+        kv = n // 2
+        scores = np.einsum("btd,dh,bse,eh->bts", xs, wq[:, n], xs, wk[:, kv]) / np.sqrt(6)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        np.testing.assert_allclose(pattern[:, n], weights, atol=1e-5)
+        expected += weights @ (xs @ wvd[:, kv] @ wvu[n])
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_causal_layer_has_no_gradient_from_the_future(key):
+    mha = MultiHeadAttention(16, 4, is_causal=True, rope=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(key, (1, 7, 16))
+    t = 2
+    grad = jax.grad(lambda x: mha(x)[:, t].sum())(x)
+    assert float(jnp.abs(grad[:, t + 1 :]).max()) == 0.0
+    assert float(jnp.abs(grad[:, : t + 1]).max()) > 0.0
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_kv_cache_prefill_then_single_tokens_equals_full_pass(key, rope):
+    mha = MultiHeadAttention(16, 4, num_kv_heads=2, is_causal=True, rope=rope, rngs=nnx.Rngs(0))
+    x = jax.random.normal(key, (2, 7, 16))
+    full = mha(x)
+    cache = mha.init_cache(2, 10)
+    assert cache.key.shape == (2, 10, 2, 4)  # sized by num_kv_heads
+    outputs = []
+    y, cache = mha(x[:, :4], cache=cache)  # prefill a 4-token prompt
+    outputs.append(y)
+    for t in range(4, 7):
+        y, cache = mha(x[:, t : t + 1], cache=cache)
+        outputs.append(y)
+    assert int(cache.length) == 7
+    np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
+
+
+def test_cache_overflow_and_bad_arguments_are_named():
+    mha = MultiHeadAttention(8, 2, is_causal=True, rngs=nnx.Rngs(0))
+    cache = mha.init_cache(1, 3)
+    with pytest.raises(ValueError, match="cache overflow"):
+        mha(jnp.ones((1, 4, 8)), cache=cache)
+    with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
+        MultiHeadAttention(8, 4, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_heads=3 must divide model_dim=8"):
+        MultiHeadAttention(8, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="rope=True needs an even head_dim"):
+        MultiHeadAttention(8, 2, head_dim=3, rope=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="implementation='fast' is unknown"):
+        MultiHeadAttention(8, 2, implementation="fast", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        MultiHeadAttention(8, 0, rngs=nnx.Rngs(0))
+
+
+def test_pattern_dropout_only_in_training(key):
+    mha = MultiHeadAttention(16, 4, dropout_rate=0.5, rngs=nnx.Rngs(0, dropout=1))
+    x = jax.random.normal(key, (1, 5, 16))
+    train_a, train_b = mha(x), mha(x)
+    assert not np.allclose(train_a, train_b)  # fresh dropout keys each call
+    mha.eval()
+    np.testing.assert_array_equal(mha(x), mha(x))
+    mha.train()
+    assert mha.deterministic is False
+
+
+def test_mlp_and_norms_match_numpy(key):
+    mlp = MLP(8, 32, activation="relu", rngs=nnx.Rngs(0))
+    x = jax.random.normal(key, (2, 3, 8))
+    up, down = mlp.up.kernel[...], mlp.down.kernel[...]
+    expected = np.maximum(np.asarray(x) @ up + mlp.up.bias[...], 0) @ down + mlp.down.bias[...]
+    np.testing.assert_allclose(mlp(x), expected, atol=1e-5)
+    rms = make_norm("rmsnorm", 8, eps=1e-6, rngs=nnx.Rngs(0))
+    xs = np.asarray(x)
+    np.testing.assert_allclose(
+        rms(x), xs / np.sqrt((xs**2).mean(-1, keepdims=True) + 1e-6), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="norm='batchnorm' is unknown"):
+        make_norm("batchnorm", 8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="activation='tanh' is unknown"):
+        MLP(8, 16, activation="tanh", rngs=nnx.Rngs(0))
+
+
+def test_layer_output_matches_functional_reference(key):
+    """The module is only parameters around attnjax.functional."""
+    mha = MultiHeadAttention(12, 3, rngs=nnx.Rngs(3))
+    x = jax.random.normal(key, (2, 4, 12))
+    q, k, v = mha.project(x, jnp.arange(4)[None])
+    out = F.dot_product_attention(q, k, v, implementation="vmap")
+    np.testing.assert_allclose(
+        mha(x), jnp.einsum("BTNR,NRD->BTD", out, mha.value_up[...]), atol=1e-5
+    )
