@@ -72,11 +72,9 @@ def masked_softmax(
     """
     scores = scores.astype(jnp.float32)
     allowed = scores > -jnp.inf if mask is None else mask & (scores > -jnp.inf)
-    masked = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
-    unnormalized = jnp.where(allowed, jnp.exp(masked - row_max), 0.0)
-    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-    return unnormalized / jnp.where(total > 0, total, 1.0)
+    pattern = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    # A row with no allowed key comes out uniform from softmax; define it as zeros.
+    return jnp.where(allowed, pattern, 0.0)
 
 
 def attention_pattern(
@@ -368,7 +366,10 @@ def _einsum_attention(query, key, value, bias, mask, scale, keep):
     scores = scores * scale
     if bias is not None:
         scores = scores + _grouped(bias, num_kv_heads).astype(jnp.float32)
-    pattern = masked_softmax(scores, _grouped(mask, num_kv_heads))
+    if mask is None:  # -inf biases were turned into masks, so every score is finite here.
+        pattern = jax.nn.softmax(scores, axis=-1)
+    else:
+        pattern = masked_softmax(scores, _grouped(mask, num_kv_heads))
     moved = pattern if keep is None else pattern * _grouped(keep, num_kv_heads)
     out = jnp.einsum("BKGTS,BSKR->BTKGR", moved.astype(value.dtype), value)
     return out.reshape(batch, q_len, num_heads, -1), pattern.reshape(batch, num_heads, q_len, -1)
