@@ -1,0 +1,21 @@
+"""Seeded, infinite, resumable data streams for tasks that need attention."""
+
+from attnjax.data.tasks import (
+    TASKS,
+    AssociativeRecall,
+    Batch,
+    CharLM,
+    Copy,
+    Induction,
+    make_task,
+)
+
+__all__ = [
+    "TASKS",
+    "AssociativeRecall",
+    "Batch",
+    "CharLM",
+    "Copy",
+    "Induction",
+    "make_task",
+]

@@ -1,0 +1,297 @@
+"""Synthetic tasks that need attention, and character-level language modelling.
+
+Every task is an infinite, seeded stream: ``task.batch(step, batch_size)`` is a pure function
+of ``(task.seed, step, batch_size)``, so a resumed run sees exactly the batches it would have
+seen without the interruption. Batches are NumPy arrays (generated on the host, fast):
+
+- ``inputs``    [B, T] int32 token ids fed to the model,
+- ``targets``   [B, T] int32 next-token ids (``targets[:, t]`` is the token after ``inputs[:, t]``),
+- ``loss_mask`` [B, T] float32, 1 where the target is part of the task (an answer), 0 elsewhere.
+
+Token 0 is padding everywhere. Tasks:
+
+- ``recall``: multi-query associative recall. ``k1 v1 k2 v2 … kn vn`` then queries
+  ``q1 a1 q2 a2 …`` where each ``q`` is one of the keys and ``a`` its value. Only the answers
+  count. Solving it takes two attention hops (find the key, read the token after it), so a
+  one-layer transformer stays near chance while two layers can form the induction circuit.
+- ``induction``: a random sequence of ``prefix_len`` tokens, then the same sequence again;
+  the repeated half is predictable only by looking back (induction heads).
+- ``copy`` / ``reverse``: ``x1 … xn SEP`` then the same tokens (reversed for ``reverse``).
+- ``char``: character-level language modelling over a user-given text file (random windows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "TASKS",
+    "AssociativeRecall",
+    "Batch",
+    "CharLM",
+    "Copy",
+    "Induction",
+    "make_task",
+]
+
+PAD = 0
+
+
+class Batch(NamedTuple):
+    """One batch: ``inputs`` [B, T], ``targets`` [B, T] (int32) and ``loss_mask`` [B, T]."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+
+
+def _rng(seed: int, step: int) -> np.random.Generator:
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return np.random.default_rng([int(seed), int(step)])
+
+
+def _check_positive(**fields: Any) -> None:
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"task.{name} must be a positive int, got {value!r}")
+
+
+def _to_batch(sequences: np.ndarray, answer: np.ndarray, seq_len: int) -> Batch:
+    """Sequences [B, T+1] and answer flags [B, T+1] → inputs/targets/mask shifted by one."""
+    return Batch(
+        inputs=sequences[:, :seq_len].astype(np.int32),
+        targets=sequences[:, 1 : seq_len + 1].astype(np.int32),
+        loss_mask=answer[:, 1 : seq_len + 1].astype(np.float32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociativeRecall:
+    """Multi-query associative recall (MQAR).
+
+    Keys come from tokens ``[1, vocab_size // 2)``, values from ``[vocab_size // 2, vocab_size)``.
+    ``num_pairs`` distinct keys with random values, then ``num_queries`` of those keys (distinct)
+    each followed by its value. Needs ``2 * (num_pairs + num_queries) <= seq_len + 1``.
+    """
+
+    seq_len: int = 32
+    vocab_size: int = 64
+    num_pairs: int = 8
+    num_queries: int = 4
+    seed: int = 0
+    name = "recall"
+
+    def __post_init__(self):
+        _check_positive(
+            seq_len=self.seq_len,
+            vocab_size=self.vocab_size,
+            num_pairs=self.num_pairs,
+            num_queries=self.num_queries,
+        )
+        if self.vocab_size < 6:
+            raise ValueError(f"task.vocab_size={self.vocab_size} must be at least 6")
+        num_keys = self.vocab_size // 2 - 1
+        if self.num_pairs > num_keys:
+            raise ValueError(
+                f"task.num_pairs={self.num_pairs} exceeds the {num_keys} distinct keys that "
+                f"task.vocab_size={self.vocab_size} provides (keys are tokens 1..vocab_size//2-1)"
+            )
+        if self.num_queries > self.num_pairs:
+            raise ValueError(
+                f"task.num_queries={self.num_queries} must be <= task.num_pairs={self.num_pairs}"
+            )
+        needed = 2 * (self.num_pairs + self.num_queries) - 1
+        if needed > self.seq_len:
+            raise ValueError(
+                f"task.seq_len={self.seq_len} is too short for task.num_pairs={self.num_pairs} "
+                f"and task.num_queries={self.num_queries}: needs seq_len >= {needed}"
+            )
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = _rng(self.seed, step)
+        b, n, m = batch_size, self.num_pairs, self.num_queries
+        half = self.vocab_size // 2
+        keys = np.argsort(rng.random((b, half - 1)), axis=1)[:, :n] + 1  # distinct per row
+        values = rng.integers(half, self.vocab_size, size=(b, n))
+        which = np.argsort(rng.random((b, n)), axis=1)[:, :m]  # distinct queried pairs
+        queries = np.take_along_axis(keys, which, axis=1)
+        answers = np.take_along_axis(values, which, axis=1)
+        seq = np.full((b, self.seq_len + 1), PAD, np.int64)
+        answer = np.zeros_like(seq, dtype=bool)
+        seq[:, 0 : 2 * n : 2], seq[:, 1 : 2 * n : 2] = keys, values
+        start = 2 * n
+        seq[:, start : start + 2 * m : 2] = queries
+        seq[:, start + 1 : start + 2 * m : 2] = answers
+        answer[:, start + 1 : start + 2 * m : 2] = True
+        return _to_batch(seq, answer, self.seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Induction:
+    """A random sequence of ``prefix_len`` tokens from ``[1, vocab_size)``, then repeated.
+
+    The loss counts the repeated half (except its first token). Needs
+    ``2 * prefix_len <= seq_len + 1``.
+    """
+
+    seq_len: int = 32
+    vocab_size: int = 64
+    prefix_len: int = 16
+    seed: int = 0
+    name = "induction"
+
+    def __post_init__(self):
+        _check_positive(
+            seq_len=self.seq_len, vocab_size=self.vocab_size, prefix_len=self.prefix_len
+        )
+        if self.vocab_size < 3:
+            raise ValueError(f"task.vocab_size={self.vocab_size} must be at least 3")
+        if 2 * self.prefix_len > self.seq_len + 1:
+            raise ValueError(
+                f"task.prefix_len={self.prefix_len} does not fit task.seq_len={self.seq_len}: "
+                f"needs seq_len >= {2 * self.prefix_len - 1}"
+            )
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = _rng(self.seed, step)
+        p = self.prefix_len
+        prefix = rng.integers(1, self.vocab_size, size=(batch_size, p))
+        seq = np.full((batch_size, self.seq_len + 1), PAD, np.int64)
+        seq[:, :p], seq[:, p : 2 * p] = prefix, prefix
+        answer = np.zeros_like(seq, dtype=bool)
+        answer[:, p + 1 : 2 * p] = True
+        return _to_batch(seq, answer, self.seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """``x1 … xn SEP`` then ``x1 … xn`` (or ``xn … x1`` with ``reverse``); SEP is token 1.
+
+    Tokens come from ``[2, vocab_size)``. Needs ``2 * length + 1 <= seq_len + 1``.
+    """
+
+    seq_len: int = 32
+    vocab_size: int = 64
+    length: int = 12
+    reverse: bool = False
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return "reverse" if self.reverse else "copy"
+
+    def __post_init__(self):
+        _check_positive(seq_len=self.seq_len, vocab_size=self.vocab_size, length=self.length)
+        if self.vocab_size < 4:
+            raise ValueError(f"task.vocab_size={self.vocab_size} must be at least 4")
+        if 2 * self.length > self.seq_len:
+            raise ValueError(
+                f"task.length={self.length} does not fit task.seq_len={self.seq_len}: "
+                f"needs seq_len >= {2 * self.length}"
+            )
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = _rng(self.seed, step)
+        n = self.length
+        tokens = rng.integers(2, self.vocab_size, size=(batch_size, n))
+        seq = np.full((batch_size, self.seq_len + 1), PAD, np.int64)
+        seq[:, :n], seq[:, n] = tokens, 1
+        seq[:, n + 1 : 2 * n + 1] = tokens[:, ::-1] if self.reverse else tokens
+        answer = np.zeros_like(seq, dtype=bool)
+        answer[:, n + 1 : 2 * n + 1] = True
+        return _to_batch(seq, answer, self.seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class CharLM:
+    """Character-level language modelling over a UTF-8 text file: random windows of it.
+
+    The vocabulary is the file's distinct characters in sorted order, shifted by one (id 0 is
+    padding, unused); ``vocab_size`` is ``len(chars) + 1``.
+    """
+
+    path: str
+    seq_len: int = 64
+    seed: int = 0
+    name = "char"
+
+    def __post_init__(self):
+        _check_positive(seq_len=self.seq_len)
+        if not self.path:
+            raise ValueError("task.path must name a text file for the char task")
+        file = pathlib.Path(self.path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"task.path={self.path!r} is not a readable file")
+        text = file.read_text(encoding="utf-8")
+        if len(text) < self.seq_len + 1:
+            raise ValueError(
+                f"task.path={self.path!r} has {len(text)} characters, fewer than "
+                f"task.seq_len + 1 = {self.seq_len + 1}"
+            )
+        chars = sorted(set(text))
+        lookup = {c: i + 1 for i, c in enumerate(chars)}
+        ids = np.fromiter((lookup[c] for c in text), np.int32, count=len(text))
+        object.__setattr__(self, "chars", "".join(chars))
+        object.__setattr__(self, "ids", ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text → ids [T] (characters the file lacks raise ``ValueError``)."""
+        lookup = {c: i + 1 for i, c in enumerate(self.chars)}
+        missing = sorted(set(text) - set(lookup))
+        if missing:
+            raise ValueError(f"characters not in the vocabulary: {missing!r}")
+        return np.array([lookup[c] for c in text], np.int32)
+
+    def decode(self, ids) -> str:
+        """Ids [T] → text (padding dropped)."""
+        return "".join(self.chars[i - 1] for i in np.asarray(ids).tolist() if i > 0)
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = _rng(self.seed, step)
+        starts = rng.integers(0, len(self.ids) - self.seq_len, size=(batch_size, 1))
+        seq = self.ids[starts + np.arange(self.seq_len + 1)]
+        return _to_batch(seq, np.ones_like(seq, dtype=bool), self.seq_len)
+
+
+TASKS = {
+    "recall": AssociativeRecall,
+    "induction": Induction,
+    "copy": Copy,
+    "reverse": lambda **kw: Copy(reverse=True, **kw),
+    "char": CharLM,
+}
+
+_FIELDS = {
+    "recall": AssociativeRecall,
+    "induction": Induction,
+    "copy": Copy,
+    "reverse": Copy,
+    "char": CharLM,
+}
+
+
+def make_task(name: str, **params: Any):
+    """The task called ``name`` (one of ``TASKS``) with its parameters, validated.
+
+    Unknown parameters raise ``ValueError`` naming the field and the closest valid one.
+    Example: ``make_task("recall", seq_len=32, vocab_size=64, num_pairs=8, num_queries=4)``.
+    """
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is unknown; choose one of {sorted(TASKS)}")
+    fields = [f.name for f in dataclasses.fields(_FIELDS[name]) if f.name != "reverse"]
+    for key in params:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"task.{key} is not a parameter of the {name!r} task{hint}")
+    return TASKS[name](**params)

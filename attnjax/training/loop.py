@@ -1,0 +1,277 @@
+"""The training loop: one config in, a trained model and a workdir of results out.
+
+``train_and_evaluate(config, workdir)`` reads a locked ``ConfigDict`` laid out as in
+``configs/train.py`` (``model``, ``task``, ``train``, ``mesh``) and writes into ``workdir``:
+``config.json``, ``metrics.jsonl``, TensorBoard events (``tensorboard/``), orbax checkpoints
+(``checkpoints/``) and ``result.json``. Started again with the same config and workdir it resumes
+from the newest checkpoint, and ends with exactly the parameters of an uninterrupted run
+(batches are a pure function of ``(seed, step)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from attnjax.data import make_task
+from attnjax.models import ModelConfig
+from attnjax.training import sharding as sharding_lib
+from attnjax.training.checkpoint import Checkpointer
+from attnjax.training.metrics import MetricsWriter
+from attnjax.training.progress import progress_bar
+from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
+from attnjax.training.step import make_eval_step, make_train_step
+
+__all__ = ["RunResult", "build_task", "model_config_for", "prepare_workdir", "train_and_evaluate"]
+
+EVAL_SEED_OFFSET = 1_000_003  # held-out batches come from another stream
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run reports (also written to ``workdir/result.json``)."""
+
+    workdir: str
+    steps: int
+    train_loss: float
+    eval_loss: float
+    eval_accuracy: float
+    eval_sequence_accuracy: float
+    tokens_per_s: float
+    compile_s: float
+    wall_s: float
+    params: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_task(config, *, seed_offset: int = 0):
+    """The data stream of ``config.task`` seeded by ``config.train.seed``."""
+    params = config.task.to_dict()
+    name = params.pop("name")
+    return make_task(name, seed=config.train.seed + seed_offset, **params)
+
+
+def model_config_for(config, task) -> ModelConfig:
+    """``ModelConfig.from_config(config.model)``, checked against the task's sizes."""
+    model_config = ModelConfig.from_config(config.model)
+    if model_config.vocab_size < task.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={model_config.vocab_size} is smaller than the task's "
+            f"vocabulary of {task.vocab_size} tokens"
+        )
+    if model_config.max_seq_len < task.seq_len:
+        raise ValueError(
+            f"model.max_seq_len={model_config.max_seq_len} is shorter than "
+            f"task.seq_len={task.seq_len}"
+        )
+    return model_config
+
+
+def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """``workdir`` made absolute and created; ``PermissionError`` naming it if not writable."""
+    path = pathlib.Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(
+            f"workdir={str(workdir)!r} is not writable ({error.strerror})"
+        ) from None
+    return path
+
+
+def _check_train_config(train) -> None:
+    for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches"):
+        value = train[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+
+
+def _param_report(model_config: ModelConfig) -> tuple[dict[str, int], str]:
+    try:
+        from attnjax.accounting import count_params, format_param_table
+    except ImportError:  # TEMPORARY until the accounting package lands
+        return {"params/total": 0}, "(attnjax.accounting not available yet)"
+    report = count_params(model_config)
+    return {k: int(v) for k, v in report.scalars().items()}, format_param_table(report)
+
+
+def _place(tree, shardings):
+    """Host arrays → global arrays laid out by ``shardings`` (works on many hosts too)."""
+
+    def put(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def _host_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _evaluate(eval_step, params, eval_task, batch_size, num_batches, mesh) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for i in range(num_batches):
+        batch = sharding_lib.shard_batch(eval_task.batch(i, batch_size), mesh)
+        for k, v in _host_metrics(eval_step(params, batch)).items():
+            totals[k] = totals.get(k, 0.0) + v / num_batches
+    return totals
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
+    """Train ``config`` into ``workdir`` (resuming if it holds checkpoints); evaluate at the end.
+
+    Raises ``FloatingPointError`` if the loss becomes NaN/inf, ``ValueError`` naming the field
+    for impossible settings.
+    """
+    start_time = time.perf_counter()
+    train = config.train
+    _check_train_config(train)
+    task = build_task(config)
+    eval_task = build_task(config, seed_offset=EVAL_SEED_OFFSET)
+    model_config = model_config_for(config, task)
+    workdir = prepare_workdir(workdir)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+
+    split = init_model(model_config, train.seed)
+    tx = make_optimizer(
+        learning_rate=train.lr,
+        steps=train.steps,
+        warmup_steps=train.warmup,
+        weight_decay=train.weight_decay,
+        clip_norm=train.clip,
+    )
+    state = init_train_state(split.params, tx)
+    shardings = sharding_lib.state_shardings(state, mesh)
+    state = _place(state, shardings)
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", every=train.checkpoint_every, keep=train.keep
+    )
+    state = checkpointer.restore_latest(state)
+    start_step = int(state.step)
+    param_scalars, param_table = _param_report(model_config)
+
+    dropout = model_config.dropout_rate > 0 or model_config.attention_dropout_rate > 0
+    train_step = make_train_step(
+        split.graphdef,
+        split.rest,
+        tx,
+        dropout_seed=train.seed if dropout else None,
+        state_sharding=shardings,
+    )
+    eval_step = make_eval_step(split.eval_graphdef, split.rest)
+    tokens_per_step = train.batch_size * task.seq_len
+    batch_of = lambda step: sharding_lib.shard_batch(task.batch(step, train.batch_size), mesh)
+
+    writer = MetricsWriter(workdir, resume_step=start_step if start_step else None)
+    if start_step == 0:
+        logging.info("Parameters of %s:\n%s", workdir.name, param_table)
+        writer.write_text("params", param_table)
+        writer.write(0, param_scalars)
+    else:
+        logging.info("Resuming %s from step %d", workdir, start_step)
+
+    compile_s, tokens_per_s, train_loss = 0.0, 0.0, math.nan
+    try:
+        if start_step < train.steps:
+            compile_start = time.perf_counter()
+            compiled = train_step.lower(state, batch_of(start_step)).compile()
+            compile_s = time.perf_counter() - compile_start
+            logging.info("Compiled the train step in %.2f s", compile_s)
+            state, train_loss, tokens_per_s = _run_steps(
+                compiled, state, batch_of, start_step, config, writer, checkpointer,
+                lambda params: _evaluate(
+                    eval_step, params, eval_task, train.batch_size, train.eval_batches, mesh
+                ),
+                tokens_per_step,
+            )  # fmt: skip
+        final = _evaluate(
+            eval_step, state.params, eval_task, train.batch_size, train.eval_batches, mesh
+        )
+    finally:
+        checkpointer.close()
+        writer.close()
+    if not math.isfinite(final["loss"]):
+        raise FloatingPointError(f"eval loss is {final['loss']} after {train.steps} steps")
+    result = RunResult(
+        workdir=str(workdir),
+        steps=int(state.step),
+        train_loss=train_loss,
+        eval_loss=final["loss"],
+        eval_accuracy=final["accuracy"],
+        eval_sequence_accuracy=final["sequence_accuracy"],
+        tokens_per_s=tokens_per_s,
+        compile_s=compile_s,
+        wall_s=time.perf_counter() - start_time,
+        params=param_scalars,
+    )
+    (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _run_steps(
+    compiled, state: TrainState, batch_of, start_step, config, writer, checkpointer, evaluate,
+    tokens_per_step,
+):  # fmt: skip
+    """The loop proper: metrics of step s are fetched after step s+1 is dispatched."""
+    train = config.train
+    pending: tuple[int, Any] | None = None
+    last_loss = math.nan
+    steady_start, steady_steps = None, 0
+
+    def flush(entry):
+        step, metrics = entry
+        values = _host_metrics(metrics)
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"loss is {values['loss']} at step {step}")
+        if steady_start is not None and steady_steps:
+            values["tokens_per_s"] = (
+                steady_steps * tokens_per_step / (time.perf_counter() - steady_start)
+            )
+        writer.write(step, values)
+        return values["loss"]
+
+    paused = 0.0  # seconds spent in evaluation and checkpointing, not in steps
+    with progress_bar(train.steps, desc="train", initial=start_step) as bar:
+        for step in range(start_step, train.steps):
+            state, metrics = compiled(state, batch_of(step))
+            done = step + 1
+            if pending is not None:
+                last_loss = flush(pending)
+                pending = None
+            if steady_start is None:  # time steady state from the end of the first step
+                jax.block_until_ready(metrics)
+                steady_start = time.perf_counter()
+            else:
+                steady_steps += 1
+            if done % train.log_every == 0 or done == train.steps:
+                pending = (done, metrics)
+            pause_start = time.perf_counter()
+            if done % train.eval_every == 0 and done != train.steps:
+                scores = evaluate(state.params)
+                writer.write(done, {f"eval/{k}": v for k, v in scores.items()})
+            checkpointer.maybe_save(done, state, force=done == train.steps)
+            paused += time.perf_counter() - pause_start
+            bar.update(1)
+        jax.block_until_ready(state)
+        end = time.perf_counter()
+        if pending is not None:
+            last_loss = flush(pending)
+    elapsed = end - steady_start - paused if steady_start else 0.0
+    tokens_per_s = steady_steps * tokens_per_step / elapsed if steady_steps and elapsed > 0 else 0.0
+    logging.info("Steady state: %.0f tokens/s", tokens_per_s)
+    return state, last_loss, tokens_per_s

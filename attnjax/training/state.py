@@ -1,0 +1,83 @@
+"""The train state: parameters, optimizer state and step, as one pytree.
+
+The NNX model is split once into ``graphdef`` (structure, static), ``params`` (trained) and
+``rest`` (other variables, e.g. dropout RNG state, kept fixed). Only ``TrainState`` changes
+during training and is checkpointed; ``graphdef`` and ``rest`` are rebuilt from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from attnjax.models import DecoderLM, ModelConfig
+
+__all__ = ["TrainState", "make_optimizer", "SplitModel", "init_model", "init_train_state"]
+
+
+class TrainState(NamedTuple):
+    """``step`` (int32 scalar), ``params`` (nnx.State of nnx.Param), ``opt_state`` (optax)."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: Any
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    steps: int,
+    warmup_steps: int,
+    weight_decay: float,
+    clip_norm: float,
+) -> optax.GradientTransformation:
+    """AdamW with linear warmup then cosine decay (to 10%), after global-norm clipping.
+
+    Weight decay applies to matrices only (not to norms' scales and biases).
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"train.lr must be positive, got {learning_rate}")
+    if not 0 <= warmup_steps < max(steps, 1):
+        raise ValueError(f"train.warmup={warmup_steps} must be in [0, train.steps={steps})")
+    if clip_norm <= 0:
+        raise ValueError(f"train.clip must be positive, got {clip_norm}")
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=learning_rate,
+        warmup_steps=warmup_steps,
+        decay_steps=max(steps, warmup_steps + 1),
+        end_value=learning_rate * 0.1,
+    )
+    decay_matrices = lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_matrices),
+    )
+
+
+class SplitModel(NamedTuple):
+    """A model split once: train- and eval-mode graphdefs, parameters, other variables."""
+
+    graphdef: nnx.GraphDef
+    eval_graphdef: nnx.GraphDef
+    params: nnx.State
+    rest: nnx.State
+
+
+def init_model(config: ModelConfig, seed: int) -> SplitModel:
+    """Build ``DecoderLM(config)`` from ``seed`` (same seed, same parameters) and split it."""
+    model = DecoderLM(config, rngs=nnx.Rngs(seed))
+    model.eval()  # dropout off
+    eval_graphdef = nnx.graphdef(model)
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return SplitModel(graphdef, eval_graphdef, params, rest)
+
+
+def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0 with fresh optimizer state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

@@ -1,0 +1,92 @@
+"""Pure, jitted train and eval steps: ``(state, batch) -> (state, metrics)``.
+
+Loss and accuracy are averaged over the positions where ``loss_mask`` is 1 (the answers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jaxtyping import Float, Int
+
+from attnjax.functional._types import ArrayT
+from attnjax.training.state import TrainState
+
+__all__ = ["masked_metrics", "make_train_step", "make_eval_step"]
+
+
+def masked_metrics(
+    logits: Float[ArrayT, "B T V"],
+    targets: Int[ArrayT, "B T"],
+    loss_mask: Float[ArrayT, "B T"],
+) -> dict[str, jax.Array]:
+    """Mean cross-entropy and accuracy over masked positions; ``sequence_accuracy`` counts a
+    sequence right only if all its masked positions are right.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    mask = loss_mask.astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    wrong = (jnp.argmax(logits, axis=-1) != targets) & (mask > 0)
+    has_answer = mask.sum(axis=1) > 0
+    sequences_right = jnp.where(has_answer, ~wrong.any(axis=1), False).sum()
+    return {
+        "loss": (nll * mask).sum() / count,
+        "accuracy": 1.0 - wrong.sum() / count,
+        "sequence_accuracy": sequences_right / jnp.maximum(has_answer.sum(), 1),
+    }
+
+
+def _forward(graphdef, params, rest, batch, dropout_key=None):
+    model = nnx.merge(graphdef, params, rest)
+    if dropout_key is not None:
+        nnx.reseed(model, default=dropout_key)
+    logits = model(batch.inputs)
+    return masked_metrics(logits, batch.targets, batch.loss_mask)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
+    tx: optax.GradientTransformation,
+    *,
+    dropout_seed: int | None = None,
+    state_sharding=None,
+) -> Callable:
+    """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    ``dropout_seed``: if set (models with dropout), the dropout RNG is reseeded each step from
+    ``(dropout_seed, step)`` so a resumed run draws the same masks. ``state_sharding`` pins the
+    output state to the input's sharding (for meshes).
+    """
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = None
+        if dropout_seed is not None:
+            key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+
+        def loss_fn(params):
+            metrics = _forward(graphdef, params, rest, batch, key)
+            return metrics["loss"], metrics
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    out_shardings = None if state_sharding is None else (state_sharding, None)
+    return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
+    """The jitted ``(params, batch) -> metrics``; ``graphdef`` of the model in eval mode."""
+
+    def step(params, batch):
+        return _forward(graphdef, params, rest, batch)
+
+    return jax.jit(step)

@@ -1,0 +1,43 @@
+"""Train one model: ``python -m experiments.train --config=configs/train.py --workdir=DIR``.
+
+Re-running the same command resumes from the newest checkpoint in ``DIR``.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.common import log_devices, user_errors_exit_cleanly
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/train.py", "Run config file (variants: configs/train.py:induction).",
+    lock_config=True,
+)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+
+
+@user_errors_exit_cleanly
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if not _WORKDIR.value:
+        raise ValueError("--workdir is required")
+    from attnjax.training import sharding
+
+    sharding.initialize_distributed(config.distributed)
+    log_devices()
+    from attnjax.training.loop import train_and_evaluate
+
+    result = train_and_evaluate(config, _WORKDIR.value)
+    logging.info("Finished: %s", result)
+    print(
+        f"{result.workdir}: eval loss {result.eval_loss:.4f}, accuracy {result.eval_accuracy:.3f}, "
+        f"{result.tokens_per_s:.0f} tokens/s, compile {result.compile_s:.1f} s, "
+        f"wall {result.wall_s:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
