@@ -115,3 +115,14 @@ def test_modules_split_and_merge_without_shared_state(key):
     np.testing.assert_array_equal(clone(tokens), model(tokens))
     first, second = model.blocks[0].attention.query[...], model.blocks[1].attention.query[...]
     assert first is not second and not np.allclose(first, second)
+
+
+def test_tree_mode_split_merge_and_jit(key):
+    """Flax NNX's tree mode (graph=False) works: modules are trees, nothing is shared."""
+    model = DecoderLM(ModelConfig(**TINY, attention_dropout_rate=0.1), rngs=nnx.Rngs(0))
+    model.eval()
+    tokens = jax.random.randint(key, (1, 6), 0, 40)
+    graphdef, state = nnx.split(model, graph=False)
+    np.testing.assert_array_equal(nnx.merge(graphdef, state)(tokens), model(tokens))
+    forward = nnx.jit(lambda m, t: m(t), graph=False)
+    np.testing.assert_allclose(forward(model, tokens), model(tokens), atol=1e-6)
