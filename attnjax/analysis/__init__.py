@@ -1,0 +1,70 @@
+"""What attention heads do: their patterns on text, per-head scores, QK/OV circuits, and how
+a word's contextual vector changes layer by layer.
+
+Submodules: ``patterns`` (every layer's and head's pattern with token strings), ``scores``
+(entropy, previous/first/self attention, induction), ``circuits`` (factored W_Q W_Kᵀ and
+value-down · value-up per head, their singular values and effective rank), ``contextual``
+(cosine similarity of one word's vectors across sentences, per layer).
+"""
+
+from attnjax.analysis.circuits import (
+    FactoredCircuit,
+    attention_module,
+    circuit_spectra,
+    effective_rank,
+    ov_circuit,
+    qk_circuit,
+    threshold_rank,
+)
+from attnjax.analysis.contextual import (
+    ContextualSimilarity,
+    contextual_similarity,
+    cosine_similarity_by_layer,
+    find_word,
+    word_vectors,
+)
+from attnjax.analysis.patterns import (
+    AttentionPatterns,
+    decoder_patterns,
+    patterns_from_encoded,
+    text_patterns,
+)
+from attnjax.analysis.scores import (
+    HeadScores,
+    first_token_score,
+    head_entropy,
+    head_scores,
+    induction_score_from_patterns,
+    induction_scores,
+    previous_token_score,
+    repeated_random_tokens,
+    self_score,
+)
+
+__all__ = [
+    "AttentionPatterns",
+    "ContextualSimilarity",
+    "FactoredCircuit",
+    "HeadScores",
+    "attention_module",
+    "circuit_spectra",
+    "contextual_similarity",
+    "cosine_similarity_by_layer",
+    "decoder_patterns",
+    "effective_rank",
+    "find_word",
+    "first_token_score",
+    "head_entropy",
+    "head_scores",
+    "induction_score_from_patterns",
+    "induction_scores",
+    "ov_circuit",
+    "patterns_from_encoded",
+    "previous_token_score",
+    "qk_circuit",
+    "repeated_random_tokens",
+    "self_score",
+    "text_patterns",
+    "threshold_rank",
+    "word_vectors",
+]
