@@ -1,0 +1,105 @@
+"""attnjax.viz.attention: figures have the right axes, token labels, masked cells and PNGs."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from attnjax.viz.attention import (
+    attention_heatmap,
+    circuit_spectra_plot,
+    head_grid,
+    query_attention_by_layer,
+    similarity_by_layer_plot,
+)
+
+TOKENS = ["[CLS]", "one", "mole", "of", "co2", "[SEP]"]
+
+
+def causal_patterns(rng, layers, heads, size):
+    logits = rng.normal(size=(layers, heads, size, size))
+    causal = np.tril(np.ones((size, size), bool))
+    weights = np.where(causal, np.exp(logits), 0.0)
+    return weights / weights.sum(-1, keepdims=True), causal
+
+
+def labels(tick_labels):
+    return [t.get_text() for t in tick_labels]
+
+
+def test_heatmap_has_tokens_on_both_axes_and_masked_cells(tmp_path):
+    rng = np.random.default_rng(0)
+    patterns, causal = causal_patterns(rng, 1, 1, len(TOKENS))
+    path = tmp_path / "sub" / "grid.png"
+    fig = attention_heatmap(patterns[0, 0], TOKENS, mask=causal, title="L0 H0", path=path)
+    assert len(fig.axes) == 2  # the grid and its colour bar
+    ax = fig.axes[0]
+    assert labels(ax.get_xticklabels()) == TOKENS and labels(ax.get_yticklabels()) == TOKENS
+    image = ax.images[0].get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(image), ~causal)
+    np.testing.assert_allclose(image[causal], patterns[0, 0][causal], rtol=1e-6)
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    plt.close(fig)
+
+
+def test_heatmap_rejects_mismatched_tokens_and_mask():
+    pattern = np.full((3, 3), 1 / 3)
+    with pytest.raises(ValueError, match="query_tokens"):
+        attention_heatmap(pattern, ["a", "b"])
+    with pytest.raises(ValueError, match="mask"):
+        attention_heatmap(pattern, ["a", "b", "c"], mask=np.ones((3, 2), bool))
+
+
+def test_head_grid_has_one_axes_per_layer_and_head(tmp_path):
+    rng = np.random.default_rng(1)
+    patterns, causal = causal_patterns(rng, 2, 3, len(TOKENS))
+    path = tmp_path / "overview.png"
+    fig = head_grid(patterns, TOKENS, mask=causal, path=path, title="overview")
+    grid_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(fig.axes) == 2 * 3 + 1 and len(grid_axes) == 6
+    assert labels(grid_axes[0].get_yticklabels()) == TOKENS  # first column
+    assert labels(grid_axes[-1].get_xticklabels()) == TOKENS  # bottom row
+    for index, ax in enumerate(grid_axes):
+        image = ax.images[0].get_array()
+        np.testing.assert_array_equal(np.ma.getmaskarray(image), ~causal)
+        layer, head = divmod(index, 3)
+        np.testing.assert_allclose(image.filled(0), patterns[layer, head], rtol=1e-6)
+    assert path.stat().st_size > 1000
+    two = head_grid(patterns, TOKENS, layers=[1], heads=[0, 2])
+    assert len(two.axes) == 3
+    plt.close("all")
+
+
+def test_query_attention_by_layer_averages_a_words_pieces():
+    rng = np.random.default_rng(2)
+    patterns, _ = causal_patterns(rng, 3, 4, len(TOKENS))
+    fig = query_attention_by_layer(patterns, TOKENS, [2, 3])
+    mean_image = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(mean_image, patterns[:, :, 2:4].mean(axis=(1, 2)), rtol=1e-6)
+    max_image = fig.axes[1].images[0].get_array()
+    np.testing.assert_allclose(max_image, patterns[:, :, 2:4].mean(axis=2).max(1), rtol=1e-6)
+    assert labels(fig.axes[0].get_xticklabels()) == TOKENS
+    with pytest.raises(ValueError, match="query"):
+        query_attention_by_layer(patterns, TOKENS, 9)
+    plt.close(fig)
+
+
+def test_circuit_and_similarity_plots(tmp_path):
+    rng = np.random.default_rng(3)
+    spectra = {
+        "qk": np.sort(rng.uniform(size=(2, 3, 4)))[..., ::-1],
+        "ov": rng.uniform(size=(2, 3, 5)),
+    }
+    fig = circuit_spectra_plot(spectra, path=tmp_path / "spectra.png")
+    assert len(fig.axes) == 2 and all(len(ax.lines) == 2 * 3 for ax in fig.axes)
+    assert (tmp_path / "spectra.png").stat().st_size > 1000
+    similarity = rng.uniform(size=(7, 3, 3))
+    names = ["shrew", "unit", "skin"]
+    fig = similarity_by_layer_plot(similarity, names, word="mole", path=tmp_path / "sim.png")
+    (ax,) = fig.axes
+    assert len(ax.lines) == 3
+    np.testing.assert_allclose(ax.lines[2].get_ydata(), similarity[:, 1, 2])
+    assert labels(ax.get_xticklabels())[:2] == ["emb", "1"]
+    assert (tmp_path / "sim.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="labels"):
+        similarity_by_layer_plot(similarity, names[:2])
+    plt.close("all")
