@@ -28,6 +28,7 @@ from attnjax.analysis import (
     repeated_random_tokens,
     self_score,
     threshold_rank,
+    word_focus,
     word_vectors,
 )
 from attnjax.models import DecoderLM, ModelConfig
@@ -266,3 +267,23 @@ def test_contextual_similarity_matches_numpy(key):
     np.testing.assert_allclose(cosine_similarity_by_layer(vectors)[:, 1, 1], np.ones(4), rtol=1e-6)
     with pytest.raises(ValueError, match=r"'carbon' is not in sentence 0 'American shrew mole'"):
         contextual_similarity(encoded, "carbon", sentences=["American shrew mole", "x", "y"])
+
+
+def test_word_focus_averages_pieces_and_ranks_tokens_and_heads():
+    rng = np.random.default_rng(5)
+    tokens = [["[CLS]", "take", "a", "bio", "##psy", "[SEP]"], ["[CLS]", "bio", "##psy", "[SEP]"]]
+    patterns, mask = random_patterns(rng, lengths=[6, 4], layers=2, heads=3)
+    result = AttentionPatterns(patterns, tokens, mask, causal=False)
+    focus = word_focus(result, 0, [3, 4])
+    expected = patterns[:, 0, :, 3:5, :6].astype(np.float64).mean(axis=2)  # [L, N, n]
+    np.testing.assert_allclose(focus.rows, expected, rtol=1e-6)
+    mean = expected[1].mean(axis=0)
+    best = int(np.argmax(mean))
+    assert focus.top_tokens(1, k=1) == [(tokens[0][best], pytest.approx(mean[best], rel=1e-6))]
+    others = [1, 2]  # "take", "a": not special, not the word's own pieces
+    head, token, weight = focus.top_heads(1, k=1)[0]
+    assert weight == pytest.approx(expected[1][:, others].max(), rel=1e-6)
+    assert token == tokens[0][others[int(np.argmax(expected[1][head, others]))]]
+    assert word_focus(result, 1, [1, 2]).top_heads(0) == []  # nothing else to look at
+    with pytest.raises(ValueError, match="positions"):
+        word_focus(result, 1, [5])

@@ -4,7 +4,8 @@ a word's contextual vector changes layer by layer.
 Submodules: ``patterns`` (every layer's and head's pattern with token strings), ``scores``
 (entropy, previous/first/self attention, induction), ``circuits`` (factored W_Q W_Kᵀ and
 value-down · value-up per head, their singular values and effective rank), ``contextual``
-(cosine similarity of one word's vectors across sentences, per layer).
+(cosine similarity of one word's vectors across sentences, per layer), ``word`` (one word
+across sentences: where it looks and how its vector moves, as one result with a summary).
 """
 
 from attnjax.analysis.circuits import (
@@ -40,6 +41,7 @@ from attnjax.analysis.scores import (
     repeated_random_tokens,
     self_score,
 )
+from attnjax.analysis.word import WordFocus, WordInContext, word_focus, word_in_context
 
 __all__ = [
     "AttentionPatterns",
@@ -66,5 +68,9 @@ __all__ = [
     "self_score",
     "text_patterns",
     "threshold_rank",
+    "word_focus",
+    "word_in_context",
     "word_vectors",
+    "WordFocus",
+    "WordInContext",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "circuit_spectra_plot",
     "head_grid",
     "query_attention_by_layer",
+    "save_word_in_context_figures",
     "similarity_by_layer_plot",
 ]
 
@@ -251,3 +252,41 @@ def similarity_by_layer_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def save_word_in_context_figures(result, directory) -> list[pathlib.Path]:
+    """PNGs of an ``attnjax.analysis.word_in_context`` result in ``directory``: per sentence
+    ``s<i>_heads.png`` (layer x head overview) and ``s<i>_<word>.png`` (where the word looks,
+    by layer), then ``<word>_similarity.png``. Returns the paths written."""
+    directory = pathlib.Path(directory)
+    slug = "".join(c if c.isalnum() else "_" for c in result.word.lower())
+    patterns, paths = result.patterns, []
+    for b, (sentence, focus) in enumerate(zip(result.sentences, result.focus)):
+        grid = directory / f"s{b}_heads.png"
+        plt.close(
+            head_grid(
+                patterns.example(b),
+                focus.tokens,
+                mask=patterns.cell_mask(b),
+                title=f'"{sentence}": every layer and head',
+                path=grid,
+            )
+        )
+        looks = directory / f"s{b}_{slug}.png"
+        plt.close(
+            query_attention_by_layer(
+                patterns.example(b),
+                focus.tokens,
+                list(focus.positions),
+                title=f'"{sentence}": where {result.word!r} looks',
+                path=looks,
+            )
+        )
+        paths += [grid, looks]
+    similarity = directory / f"{slug}_similarity.png"
+    plt.close(
+        similarity_by_layer_plot(
+            result.similarity.similarity, result.sentences, word=result.word, path=similarity
+        )
+    )
+    return [*paths, similarity]
