@@ -1,6 +1,5 @@
 """attnjax.viz.attention: figures have the right axes, token labels, masked cells and PNGs."""
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -38,7 +37,6 @@ def test_heatmap_has_tokens_on_both_axes_and_masked_cells(tmp_path):
     np.testing.assert_array_equal(np.ma.getmaskarray(image), ~causal)
     np.testing.assert_allclose(image[causal], patterns[0, 0][causal], rtol=1e-6)
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
-    plt.close(fig)
 
 
 def test_heatmap_rejects_mismatched_tokens_and_mask():
@@ -66,7 +64,6 @@ def test_head_grid_has_one_axes_per_layer_and_head(tmp_path):
     assert path.stat().st_size > 1000
     two = head_grid(patterns, TOKENS, layers=[1], heads=[0, 2])
     assert len(two.axes) == 3
-    plt.close("all")
 
 
 def test_query_attention_by_layer_averages_a_words_pieces():
@@ -80,7 +77,6 @@ def test_query_attention_by_layer_averages_a_words_pieces():
     assert labels(fig.axes[0].get_xticklabels()) == TOKENS
     with pytest.raises(ValueError, match="query"):
         query_attention_by_layer(patterns, TOKENS, 9)
-    plt.close(fig)
 
 
 def test_circuit_and_similarity_plots(tmp_path):
@@ -102,4 +98,3 @@ def test_circuit_and_similarity_plots(tmp_path):
     assert (tmp_path / "sim.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="labels"):
         similarity_by_layer_plot(similarity, names[:2])
-    plt.close("all")

@@ -1,10 +1,12 @@
-"""Attention pictures (matplotlib, headless Agg): grids with tokens, head overviews, circuit
+"""Attention pictures (matplotlib, headless): grids with tokens, head overviews, circuit
 spectra and contextual similarity across layers.
 
-Every function returns the ``matplotlib.figure.Figure`` and, given ``path``, also writes it
-as a PNG (parent folders created). Patterns are drawn with queries as rows and keys as
-columns; cells a query may not attend to (``mask`` False: causal future, padding) are masked
-in the image and show as grey hatching.
+Every function returns a ``matplotlib.figure.Figure`` and, given ``path``, also writes it as
+a PNG (parent folders created). Figures are made without pyplot (no GUI backend, nothing to
+close, the notebook's own backend left alone); in Jupyter a returned figure displays itself.
+
+Patterns are drawn with queries as rows and keys as columns; cells a query may not attend to
+(``mask`` False: causal future, padding) are masked in the image and show as grey hatching.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 __all__ = [
     "attention_heatmap",
@@ -31,12 +31,17 @@ __all__ = [
 CMAP = "viridis"
 
 
-def _finish(fig, path) -> matplotlib.figure.Figure:
+def _finish(fig: Figure, path) -> Figure:
     if path is not None:
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
+
+
+def _subplots(*grid, figsize, **kwargs):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _check_grid(pattern: np.ndarray, mask, name: str) -> np.ma.MaskedArray:
@@ -84,7 +89,7 @@ def attention_heatmap(
     cols = _check_tokens(rows if key_tokens is None else key_tokens, pattern.shape[1], "key_tokens")
     image = _check_grid(pattern, mask, "pattern")
     size = max(3.0, 0.45 * max(pattern.shape) + 1.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, ax = _subplots(figsize=(size + 1.0, size))
     _masked_style(ax)
     drawn = ax.imshow(image, cmap=CMAP, vmin=0.0, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=90)
@@ -120,7 +125,7 @@ def head_grid(
     layers = list(range(patterns.shape[0])) if layers is None else list(layers)
     heads = list(range(patterns.shape[1])) if heads is None else list(heads)
     cell = 0.9 if len(tokens) <= 24 else 0.6
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(layers),
         len(heads),
         figsize=(cell * len(heads) + 1.8, cell * len(layers) + 1.2),
@@ -166,7 +171,7 @@ def query_attention_by_layer(
     if not rows or not all(0 <= q < patterns.shape[2] for q in rows):
         raise ValueError(f"query={query} must be positions in [0, {patterns.shape[2]})")
     row = patterns[:, :, rows].mean(axis=2)  # [L, N, S]
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1, 2, figsize=(2 * (0.5 * len(tokens) + 1.5), 0.45 * len(row) + 1.8), squeeze=False
     )
     for ax, (name, values) in zip(
@@ -196,15 +201,16 @@ def circuit_spectra_plot(spectra: Mapping[str, np.ndarray], *, title: str | None
     """Singular values of per-head circuits, one axes per entry of ``spectra`` (e.g.
     ``{"qk": [L, N, H], "ov": [L, N, R]}`` from ``attnjax.analysis.circuit_spectra``): one
     line per (layer, head), coloured by layer, on a log scale, each normalized by its largest
-    value so the shape (how low-rank the map is) is visible."""
+    value so the shape (how low-rank the map is) is visible. Titles give the mean effective
+    rank ``exp(entropy(s / Σ s))``."""
     if not spectra:
         raise ValueError("spectra is empty")
-    fig, axes = plt.subplots(1, len(spectra), figsize=(5 * len(spectra), 3.8), squeeze=False)
+    fig, axes = _subplots(1, len(spectra), figsize=(5 * len(spectra), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], spectra.items()):
         values = np.asarray(values, np.float64)
         if values.ndim != 3:
             raise ValueError(f"spectra[{name!r}] must have shape [L, N, r], got {values.shape}")
-        colors = plt.cm.plasma(np.linspace(0.0, 0.85, values.shape[0]))
+        colors = matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, values.shape[0]))
         for layer, head in itertools.product(range(values.shape[0]), range(values.shape[1])):
             s = values[layer, head]
             ax.plot(
@@ -218,7 +224,13 @@ def circuit_spectra_plot(spectra: Mapping[str, np.ndarray], *, title: str | None
         ax.set_yscale("log")
         ax.set_xlabel("singular value index")
         ax.set_ylabel("σ_i / σ_1")
-        ax.set_title(f"{name.upper()} circuit, per head")
+        p = values / np.maximum(values.sum(-1, keepdims=True), 1e-30)
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        ax.set_title(
+            f"{name.upper()} circuit per head\n(mean effective rank "
+            f"{np.exp(entropy).mean():.1f} of {values.shape[-1]})",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
@@ -240,7 +252,7 @@ def similarity_by_layer_plot(
     if similarity.ndim != 3 or similarity.shape[1] != similarity.shape[2]:
         raise ValueError(f"similarity must have shape [L+1, S, S], got {similarity.shape}")
     labels = _check_tokens(labels, similarity.shape[1], "labels")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     layers = np.arange(similarity.shape[0])
     for i, j in itertools.combinations(range(len(labels)), 2):
         ax.plot(layers, similarity[:, i, j], "o-", label=f"{labels[i]}  vs  {labels[j]}")
@@ -263,30 +275,24 @@ def save_word_in_context_figures(result, directory) -> list[pathlib.Path]:
     patterns, paths = result.patterns, []
     for b, (sentence, focus) in enumerate(zip(result.sentences, result.focus)):
         grid = directory / f"s{b}_heads.png"
-        plt.close(
-            head_grid(
-                patterns.example(b),
-                focus.tokens,
-                mask=patterns.cell_mask(b),
-                title=f'"{sentence}": every layer and head',
-                path=grid,
-            )
+        head_grid(
+            patterns.example(b),
+            focus.tokens,
+            mask=patterns.cell_mask(b),
+            title=f'"{sentence}": every layer and head',
+            path=grid,
         )
         looks = directory / f"s{b}_{slug}.png"
-        plt.close(
-            query_attention_by_layer(
-                patterns.example(b),
-                focus.tokens,
-                list(focus.positions),
-                title=f'"{sentence}": where {result.word!r} looks',
-                path=looks,
-            )
+        query_attention_by_layer(
+            patterns.example(b),
+            focus.tokens,
+            list(focus.positions),
+            title=f'"{sentence}": where {result.word!r} looks',
+            path=looks,
         )
         paths += [grid, looks]
     similarity = directory / f"{slug}_similarity.png"
-    plt.close(
-        similarity_by_layer_plot(
-            result.similarity.similarity, result.sentences, word=result.word, path=similarity
-        )
+    similarity_by_layer_plot(
+        result.similarity.similarity, result.sentences, word=result.word, path=similarity
     )
     return [*paths, similarity]
