@@ -26,7 +26,7 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
         )
     if variant == "induction":
         return ml_collections.ConfigDict(
-            dict(name="induction", seq_len=31, vocab_size=32, prefix_len=16)
+            dict(name="induction", seq_len=23, vocab_size=32, prefix_len=12, min_prefix_len=6)
         )
     if variant in ("copy", "reverse"):
         return ml_collections.ConfigDict(dict(name=variant, seq_len=24, vocab_size=32, length=12))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from attnjax.training.cli import parse_flags_cleanly
 from experiments.common import log_devices, user_errors_exit_cleanly
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,4 +41,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_cleanly)

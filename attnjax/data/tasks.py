@@ -134,15 +134,19 @@ class AssociativeRecall:
 
 @dataclasses.dataclass(frozen=True)
 class Induction:
-    """A random sequence of ``prefix_len`` tokens from ``[1, vocab_size)``, then repeated.
+    """A random sequence of ``P`` tokens from ``[1, vocab_size)``, then the same ``P`` again.
 
-    The loss counts the repeated half (except its first token). Needs
-    ``2 * prefix_len <= seq_len + 1``.
+    ``P`` is ``prefix_len``, or, with ``min_prefix_len`` set, drawn per sequence from
+    ``[min_prefix_len, prefix_len]``: then the distance back to the answer varies, so no fixed
+    positional rule solves the task and only an induction circuit (attend to the token after
+    the previous occurrence of the current one, two layers) can. The loss counts the repeated
+    half except its first token. Needs ``2 * prefix_len <= seq_len + 1``.
     """
 
     seq_len: int = 32
     vocab_size: int = 64
     prefix_len: int = 16
+    min_prefix_len: int | None = None
     seed: int = 0
     name = "induction"
 
@@ -157,15 +161,25 @@ class Induction:
                 f"task.prefix_len={self.prefix_len} does not fit task.seq_len={self.seq_len}: "
                 f"needs seq_len >= {2 * self.prefix_len - 1}"
             )
+        if self.min_prefix_len is not None:
+            _check_positive(min_prefix_len=self.min_prefix_len)
+            if self.min_prefix_len > self.prefix_len:
+                raise ValueError(
+                    f"task.min_prefix_len={self.min_prefix_len} must be <= "
+                    f"task.prefix_len={self.prefix_len}"
+                )
 
     def batch(self, step: int, batch_size: int) -> Batch:
         rng = _rng(self.seed, step)
-        p = self.prefix_len
-        prefix = rng.integers(1, self.vocab_size, size=(batch_size, p))
-        seq = np.full((batch_size, self.seq_len + 1), PAD, np.int64)
-        seq[:, :p], seq[:, p : 2 * p] = prefix, prefix
-        answer = np.zeros_like(seq, dtype=bool)
-        answer[:, p + 1 : 2 * p] = True
+        longest = self.prefix_len
+        shortest = longest if self.min_prefix_len is None else self.min_prefix_len
+        tokens = rng.integers(1, self.vocab_size, size=(batch_size, longest))
+        lengths = rng.integers(shortest, longest + 1, size=(batch_size, 1))
+        t = np.arange(self.seq_len + 1)[None]
+        source = np.where(t < lengths, t, t - lengths)  # index into the prefix
+        inside = t < 2 * lengths
+        seq = np.where(inside, np.take_along_axis(tokens, np.minimum(source, longest - 1), 1), PAD)
+        answer = (t > lengths) & inside
         return _to_batch(seq, answer, self.seq_len)
 
 

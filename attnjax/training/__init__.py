@@ -1,0 +1,30 @@
+"""Training: train state, jitted steps, the loop, checkpoints, metrics, sharding, sweeps."""
+
+from attnjax.training.checkpoint import Checkpointer
+from attnjax.training.loop import RunResult, train_and_evaluate
+from attnjax.training.metrics import MetricsWriter, read_metrics
+from attnjax.training.sharding import make_mesh, shard_batch, state_shardings
+from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
+from attnjax.training.step import make_eval_step, make_train_step, masked_metrics
+from attnjax.training.sweep import format_results, merge_results, run_sweep
+
+__all__ = [
+    "Checkpointer",
+    "MetricsWriter",
+    "RunResult",
+    "TrainState",
+    "format_results",
+    "init_model",
+    "init_train_state",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "masked_metrics",
+    "merge_results",
+    "read_metrics",
+    "run_sweep",
+    "shard_batch",
+    "state_shardings",
+    "train_and_evaluate",
+]

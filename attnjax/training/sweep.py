@@ -1,0 +1,284 @@
+"""Head × layer sweeps: every grid point trained in turn in one process.
+
+Each point ``h{heads}_l{layers}`` trains in its own sub-workdir with
+``train_and_evaluate`` and leaves a ``row.json`` there (status ``ok``, ``failed``, ``nan`` or
+``oom`` with a one-line reason), so a re-run skips finished points and shards of one sweep run on
+different machines merge by gathering their sub-workdirs: ``results.csv`` is always written from
+every ``row.json`` found. Grid points have different shapes, so each compiles once; JAX's
+persistent compilation cache (``enable_compilation_cache``) makes re-runs and shards start fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+import traceback
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from attnjax.training.loop import prepare_workdir, train_and_evaluate
+from attnjax.training.progress import progress_bar
+
+__all__ = [
+    "COLUMNS",
+    "SweepPoint",
+    "enable_compilation_cache",
+    "format_results",
+    "merge_results",
+    "parse_shard",
+    "point_config",
+    "default_workdir",
+    "run_sweep",
+    "sweep_points",
+]
+
+COLUMNS = (
+    "heads",
+    "layers",
+    "model_dim",
+    "head_dim",
+    "params_total",
+    "params_attention",
+    "params_per_head",
+    "final_loss",
+    "eval_loss",
+    "accuracy",
+    "sequence_accuracy",
+    "tokens_per_s",
+    "compile_s",
+    "wall_s",
+    "status",
+    "reason",
+)
+FIXED = ("model_dim", "head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    heads: int
+    layers: int
+
+    @property
+    def name(self) -> str:
+        return f"h{self.heads}_l{self.layers}"
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``; ``ValueError`` naming ``sweep.shard``."""
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"sweep.shard={shard!r} must look like 'i/n', e.g. '0/4'") from None
+    if not 0 <= index < count:
+        raise ValueError(f"sweep.shard={shard!r} needs 0 <= i < n")
+    return index, count
+
+
+def sweep_points(config) -> list[SweepPoint]:
+    """All points of ``config.sweep`` (heads × layers), in order."""
+    sweep = config.sweep
+    for name in ("heads", "layers"):
+        values = list(sweep[name])
+        if not values or any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"sweep.{name}={values} must be a non-empty list of positive ints")
+    if sweep.fixed not in FIXED:
+        raise ValueError(f"sweep.fixed={sweep.fixed!r} is unknown; choose one of {list(FIXED)}")
+    return [SweepPoint(h, n) for n in sweep.layers for h in sweep.heads]
+
+
+def point_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
+    """The run config of one point: ``model.num_heads``/``num_layers`` set, and at fixed
+    ``head_dim`` the head width pinned to ``sweep.head_dim`` (model width unchanged)."""
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked, independent copy
+    config.model.num_heads = point.heads
+    config.model.num_layers = point.layers
+    if config.sweep.fixed == "head_dim":
+        config.model.head_dim = config.sweep.head_dim
+    config.lock()
+    return config
+
+
+def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Turn on JAX's persistent compilation cache (default ``~/.cache/attnjax/jax``)."""
+    import jax
+
+    directory = pathlib.Path(directory or "~/.cache/attnjax/jax").expanduser().resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return directory
+
+
+def _classify(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, FloatingPointError):
+        return "nan"
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return "oom"
+    return "failed"
+
+
+def _one_line(error: BaseException) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}"[:300]
+
+
+def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
+    model = config.model
+    head_dim = model.head_dim or (model.model_dim // point.heads if point.heads else None)
+    row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
+    row.update(heads=point.heads, layers=point.layers, model_dim=model.model_dim)
+    row["head_dim"] = head_dim
+    if result is not None:
+        params = result.params
+        row.update(
+            params_total=params.get("params/total", ""),
+            params_attention=params.get("params/attention", ""),
+            params_per_head=params.get("params/per_head", ""),
+            final_loss=result.train_loss,
+            eval_loss=result.eval_loss,
+            accuracy=result.eval_accuracy,
+            sequence_accuracy=result.eval_sequence_accuracy,
+            tokens_per_s=result.tokens_per_s,
+            compile_s=result.compile_s,
+            wall_s=result.wall_s,
+            status="ok",
+        )
+    row.update(extra)
+    return row
+
+
+def _check_same_sweep(workdir: pathlib.Path, config) -> None:
+    """Refuse to mix two different sweeps in one workdir (shard/retry settings may differ)."""
+    description = config.to_dict()
+    for key in ("shard", "retry_failed"):
+        description["sweep"].pop(key, None)
+    path = workdir / "sweep_config.json"
+    text = json.dumps(description, sort_keys=True, indent=2, default=str)
+    if path.exists() and json.loads(path.read_text()) != json.loads(text):
+        raise ValueError(
+            f"workdir={str(workdir)!r} holds a sweep with a different config; "
+            "pass another --workdir (or delete it)"
+        )
+    path.write_text(text)
+
+
+def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[str, Any]]:
+    """Train every point of this shard not yet finished; return the merged rows of all points.
+
+    A point that raises (bad shape, NaN loss, out of memory) is recorded and the sweep goes on.
+    """
+    workdir = prepare_workdir(workdir)
+    points = sweep_points(config)
+    index, count = parse_shard(config.sweep.shard)
+    _check_same_sweep(workdir, config)
+    mine = points[index::count]
+    with progress_bar(len(mine), desc="sweep", unit="point") as bar:
+        for point in mine:
+            _run_point(config, point, workdir, echo)
+            bar.update(1)
+    return merge_results(workdir, points)
+
+
+def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
+    point_dir = workdir / point.name
+    row_path = point_dir / "row.json"
+    if row_path.exists():
+        previous = json.loads(row_path.read_text())
+        if previous["status"] == "ok" or not config.sweep.retry_failed:
+            echo(f"{point.name}: already finished ({previous['status']}), skipped")
+            return
+    start = time.perf_counter()
+    try:
+        run_config = point_config(config, point)
+        result = train_and_evaluate(run_config, point_dir)
+        row = _row(point, run_config, result)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - a failing point must not stop the sweep
+        logging.warning("%s failed:\n%s", point.name, traceback.format_exc())
+        row = _row(
+            point, config, status=_classify(error), reason=_one_line(error),
+            wall_s=time.perf_counter() - start,
+        )  # fmt: skip
+    point_dir.mkdir(parents=True, exist_ok=True)
+    row_path.write_text(json.dumps(row, indent=2))
+    if row["status"] == "ok":
+        echo(
+            f"{point.name}: accuracy {row['accuracy']:.3f}, eval loss {row['eval_loss']:.3f}, "
+            f"{row['params_total']} params, {row['wall_s']:.1f} s"
+        )
+    else:
+        echo(f"{point.name}: {row['status']}: {row['reason']}")
+
+
+def merge_results(
+    workdir: str | pathlib.Path, points: list[SweepPoint] | None = None
+) -> list[dict[str, Any]]:
+    """Gather every ``*/row.json`` under ``workdir`` (all shards) into ``results.csv``.
+
+    Points of ``points`` with no row yet are listed with status ``missing``.
+    """
+    workdir = pathlib.Path(workdir)
+    rows = {}
+    for path in sorted(workdir.glob("*/row.json")):
+        row = json.loads(path.read_text())
+        rows[(row["heads"], row["layers"])] = row
+    for point in points or []:
+        rows.setdefault(
+            (point.heads, point.layers),
+            {**dict.fromkeys(COLUMNS, ""), "heads": point.heads, "layers": point.layers,
+             "status": "missing", "reason": "not run yet (another shard?)"},
+        )  # fmt: skip
+    ordered = [rows[k] for k in sorted(rows, key=lambda hl: (hl[1], hl[0]))]
+    with open(workdir / "results.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(ordered)
+    return ordered
+
+
+def _cell(value: Any, column: str) -> str:
+    if value in ("", None):
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if column in ("tokens_per_s",):
+            return f"{value:.0f}"
+        if column in ("compile_s", "wall_s"):
+            return f"{value:.1f}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_results(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of the sweep's rows (one line per point)."""
+    columns = (
+        "heads", "layers", "params_total", "params_attention", "accuracy",
+        "sequence_accuracy", "eval_loss", "tokens_per_s", "compile_s", "wall_s", "status",
+    )  # fmt: skip
+    titles = {"params_total": "params", "params_attention": "attn params",
+              "sequence_accuracy": "seq acc", "tokens_per_s": "tokens/s"}  # fmt: skip
+    table = [[titles.get(c, c) for c in columns]]
+    table += [[_cell(row.get(c, ""), c) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = [
+        "  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)) for line in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    reasons = [f"  {r['heads']}x{r['layers']}: {r['reason']}" for r in rows if r.get("reason")]
+    return "\n".join(lines + (["failures:"] + reasons if reasons else []))
+
+
+def default_workdir(config) -> pathlib.Path:
+    """``~/attnjax_runs/sweep_fixed_<model_dim|head_dim>_<task>`` (overridable: ``--workdir``)."""
+    root = pathlib.Path(os.environ.get("ATTNJAX_RUNS", "~/attnjax_runs")).expanduser()
+    return root / f"sweep_{config.task.name}_fixed_{config.sweep.fixed}"

@@ -1,0 +1,49 @@
+"""Sweep heads × layers: ``python -m experiments.sweep`` (default: configs/sweep.py).
+
+Writes one sub-workdir per point, ``results.csv``, PNG plots, and prints a summary table.
+Re-running skips finished points; ``--config.sweep.shard=i/n`` runs every n-th point;
+``--merge`` only gathers the points found in ``--workdir`` (e.g. shards) into results and plots.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from attnjax.training.cli import parse_flags_cleanly
+from experiments.common import log_devices, user_errors_exit_cleanly
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/sweep.py", "Sweep config file (configs/sweep.py:fixed_head_dim).",
+    lock_config=True,
+)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (default: printed at start).")
+_MERGE = flags.DEFINE_bool("merge", False, "Only merge the points found in --workdir and plot.")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "Persistent JAX compilation cache dir.")
+
+
+@user_errors_exit_cleanly
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    from attnjax.training import sharding
+    from attnjax.training import sweep as sweep_lib
+    from attnjax.viz.sweep import save_sweep_plots
+
+    sharding.initialize_distributed(config.distributed)
+    workdir = _WORKDIR.value or sweep_lib.default_workdir(config)
+    print(f"sweep workdir: {workdir}", flush=True)
+    if _MERGE.value:
+        rows = sweep_lib.merge_results(workdir, sweep_lib.sweep_points(config))
+    else:
+        log_devices()
+        logging.info("compilation cache: %s", sweep_lib.enable_compilation_cache(_CACHE.value))
+        rows = sweep_lib.run_sweep(config, workdir)
+    plots = save_sweep_plots(rows, workdir)
+    print(sweep_lib.format_results(rows))
+    print(f"results: {workdir}/results.csv; plots: {', '.join(p.name for p in plots)}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags_cleanly)
