@@ -8,7 +8,7 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "quiet_orbax"]
+__all__ = ["Checkpointer", "load_checkpoint", "quiet_orbax"]
 
 
 class _DropOrbaxInfo(logging.Filter):
@@ -69,3 +69,17 @@ class Checkpointer:
         """Wait for pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def load_checkpoint(directory: str | pathlib.Path, step: int | None = None) -> dict:
+    """The train state saved at ``step`` (default: newest) as nested dicts of NumPy arrays:
+    ``{"step", "params", "opt_state"}`` (no template needed, e.g. to inspect or compare runs)."""
+    quiet_orbax()
+    directory = pathlib.Path(directory).expanduser().resolve()
+    if step is None:
+        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {str(directory)!r}")
+        step = max(steps)
+    restored = ocp.StandardCheckpointer().restore(directory / str(step) / "default")
+    return jax.device_get(restored)

@@ -78,6 +78,6 @@ def init_model(config: ModelConfig, seed: int) -> SplitModel:
     return SplitModel(graphdef, eval_graphdef, params, rest)
 
 
-def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
     """Step 0 with fresh optimizer state."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

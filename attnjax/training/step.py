@@ -51,7 +51,7 @@ def _forward(graphdef, params, rest, batch, dropout_key=None):
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    rest: nnx.State,
+    rest,
     tx: optax.GradientTransformation,
     *,
     dropout_seed: int | None = None,
@@ -83,7 +83,7 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, rest) -> Callable:
     """The jitted ``(params, batch) -> metrics``; ``graphdef`` of the model in eval mode."""
 
     def step(params, batch):

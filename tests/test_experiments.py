@@ -1,0 +1,131 @@
+"""The absl launchers end to end, in subprocesses: outputs, kill-and-resume, sweeps, bad input."""
+
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from attnjax.training.checkpoint import load_checkpoint
+from attnjax.training.metrics import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _command(module, *args):
+    return [sys.executable, "-m", f"experiments.{module}", *args]
+
+
+def _run(module, *args, timeout=300):
+    return subprocess.run(
+        _command(module, *args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+RESUME_ARGS = (
+    "--config=configs/train.py:tiny",
+    "--config.train.steps=1000",
+    "--config.train.checkpoint_every=50",
+    "--config.train.log_every=100",
+    "--config.train.eval_every=1000",
+)
+
+
+def _wait_for_checkpoint(directory: pathlib.Path, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+    whole = _run("train", *RESUME_ARGS, f"--workdir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert "eval loss" in whole.stdout
+    for name in ("config.json", "metrics.jsonl", "result.json"):
+        assert (tmp_path / "whole" / name).is_file()
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(
+        _command("train", *RESUME_ARGS, f"--workdir={resumed}"),
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _wait_for_checkpoint(resumed / "checkpoints", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL  # it was still running
+    first = load_checkpoint(resumed / "checkpoints")
+    assert int(first["step"]) < 1000
+
+    again = _run("train", *RESUME_ARGS, f"--workdir={resumed}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_checkpoint(tmp_path / "whole" / "checkpoints")
+    b = load_checkpoint(resumed / "checkpoints")
+    assert int(a["step"]) == int(b["step"]) == 1000
+    leaves_a, leaves_b = _leaves(a["params"]), _leaves(b["params"])
+    assert leaves_a.keys() == leaves_b.keys()
+    for name in leaves_a:
+        np.testing.assert_array_equal(leaves_a[name], leaves_b[name], err_msg=name)
+    steps = [r["step"] for r in read_metrics(resumed) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 1000  # each logged step once
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_leaves(value, f"{prefix}/{key}"))
+        return out
+    return {prefix: np.asarray(tree)}
+
+
+@pytest.mark.slow
+def test_sweep_records_a_failing_point_and_rerun_skips(tmp_path):
+    args = (
+        "--config=configs/sweep.py:tiny",
+        "--config.sweep.heads=(1, 3)",
+        "--config.sweep.layers=(1,)",
+        f"--workdir={tmp_path}",
+    )
+    first = _run("sweep", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"sweep workdir: {tmp_path}" in first.stdout
+    with open(tmp_path / "results.csv") as file:
+        rows = {int(r["heads"]): r for r in csv.DictReader(file)}
+    assert rows[1]["status"] == "ok" and float(rows[1]["accuracy"]) >= 0
+    assert int(rows[1]["params_total"]) > 0
+    assert rows[3]["status"] == "failed" and "num_heads=3" in rows[3]["reason"]
+    for name in ("accuracy_heatmap.png", "metrics_vs_params.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert "failures:" in first.stdout
+    again = _run("sweep", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped") == 2
+
+
+@pytest.mark.parametrize(
+    "module, args, needle",
+    [
+        ("train", ["--config.model.num_hedas=2"], "num_heads"),
+        ("train", ["--config.task.seq_len=5"], "task.seq_len"),
+        ("train", ["--workdir=/dev/null/run"], "workdir"),
+        ("sweep", ["--config.sweep.shard=2/2"], "sweep.shard"),
+        ("sweep", ["--config.sweep.hedas=(1,)"], "heads"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(tmp_path, module, args, needle):
+    config = "configs/train.py:tiny" if module == "train" else "configs/sweep.py:tiny"
+    workdir = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}"]
+    result = _run(module, f"--config={config}", *workdir, *args)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and needle in error_lines[0], result.stderr[-2000:]

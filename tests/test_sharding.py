@@ -1,0 +1,87 @@
+"""Sharding: the path rules, and a sharded step on 8 simulated CPU devices equal to 1 device."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from attnjax.training.sharding import partition_spec
+
+
+@pytest.mark.parametrize(
+    "path, shape, spec",
+    [
+        ("blocks/0/attention/query", (16, 4, 4), P(None, "model", None)),
+        ("blocks/3/attention/key", (16, 4, 4), P(None, "model", None)),
+        ("blocks/0/attention/value_down", (16, 4, 4), P(None, "model", None)),
+        ("blocks/0/attention/value_up", (4, 4, 16), P("model", None, None)),
+        ("blocks/0/attention/query_bias", (4, 4), P("model", None)),
+        ("blocks/0/attention/output_bias", (16,), P()),
+        ("blocks/0/mlp/up/kernel", (16, 64), P(None, "model")),
+        ("blocks/0/mlp/up/bias", (64,), P("model")),
+        ("blocks/0/mlp/down/kernel", (64, 16), P("model", None)),
+        ("blocks/0/mlp/down/bias", (16,), P()),
+        ("embeddings/token/embedding", (32, 16), P()),
+        ("opt_state/0/mu/blocks/1/attention/value_up", (4, 4, 16), P("model", None, None)),
+        ("blocks/0/attention/key", (16, 2, 4), P()),  # 2 kv heads do not split 4 ways
+    ],
+)
+def test_partition_rules(path, shape, spec):
+    assert partition_spec(path, shape, model_size=4) == spec
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from attnjax.data import make_task
+    from attnjax.models import ModelConfig
+    from attnjax.training import sharding
+    from attnjax.training.state import init_model, init_train_state, make_optimizer
+    from attnjax.training.step import make_train_step
+
+    config = ModelConfig(vocab_size=16, max_seq_len=11, model_dim=16, num_layers=2,
+                         num_heads=4, mlp_dim=32)
+    task = make_task("induction", seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
+    tx = make_optimizer(learning_rate=1e-2, steps=4, warmup_steps=1, weight_decay=0.1,
+                        clip_norm=1.0)
+
+    def run(data, model):
+        mesh = sharding.make_mesh(data, model)
+        split = init_model(config, seed=0)
+        state = init_train_state(split.params, tx)
+        shardings = sharding.state_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        step = make_train_step(split.graphdef, split.rest, tx, state_sharding=shardings)
+        losses = []
+        for i in range(4):
+            state, metrics = step(state, sharding.shard_batch(task.batch(i, 8), mesh))
+            losses.append(float(metrics["loss"]))
+        return state, losses
+
+    single, single_losses = run(1, 1)
+    sharded, sharded_losses = run(2, 4)
+    query = sharded.params["blocks"][0]["attention"]["query"][...]
+    assert len(query.sharding.device_set) == 8, query.sharding
+    assert query.addressable_shards[0].data.shape == (16, 1, 4), query.addressable_shards[0]
+    np.testing.assert_allclose(single_losses, sharded_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    print("OK", single_losses)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sharded_step_equals_single_device_step():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
