@@ -16,6 +16,7 @@ from attnjax.analysis import (
     cosine_similarity_by_layer,
     decoder_patterns,
     effective_rank,
+    encoder_patterns,
     find_word,
     first_token_score,
     head_entropy,
@@ -287,3 +288,20 @@ def test_word_focus_averages_pieces_and_ranks_tokens_and_heads():
     assert word_focus(result, 1, [1, 2]).top_heads(0) == []  # nothing else to look at
     with pytest.raises(ValueError, match="positions"):
         word_focus(result, 1, [5])
+
+
+def test_encoder_patterns_and_circuits_of_a_bert_layout_encoder(key):
+    from attnjax.models.encoder import Encoder, bert_config
+
+    model = Encoder(bert_config(**TINY), rngs=nnx.Rngs(4))
+    ids = jax.random.randint(key, (2, 5), 0, TINY["vocab_size"])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    result = encoder_patterns(model, ids, tokens=[list("abcde"), list("fgh")], mask=mask)
+    assert not result.causal and result.tokens[1] == ("f", "g", "h")
+    patterns = np.asarray(result.patterns)
+    assert np.all(patterns[:, 1, :, :, 3:] == 0.0) and np.all(patterns[:, 0] > 0.0)
+    np.testing.assert_allclose(patterns.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(result.cell_mask(1), np.ones((3, 3), bool))
+    w_q = np.asarray(model.blocks[0].attention.query[...], np.float64)
+    w_k = np.asarray(model.blocks[0].attention.key[...], np.float64)
+    np.testing.assert_allclose(qk_circuit(model, 0).dense()[2], w_q[:, 2] @ w_k[:, 2].T, atol=1e-7)

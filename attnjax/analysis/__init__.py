@@ -27,6 +27,7 @@ from attnjax.analysis.contextual import (
 from attnjax.analysis.patterns import (
     AttentionPatterns,
     decoder_patterns,
+    encoder_patterns,
     patterns_from_encoded,
     text_patterns,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "cosine_similarity_by_layer",
     "decoder_patterns",
     "effective_rank",
+    "encoder_patterns",
     "find_word",
     "first_token_score",
     "head_entropy",

@@ -2,8 +2,8 @@
 
 ``AttentionPatterns`` bundles ``patterns`` [L, B, N, T, T] (query rows, key columns), the
 token strings of each example and the padding ``mask`` [B, T]. Build it from a decoder
-(``decoder_patterns``), from text through ``attnjax.pretrained`` (``text_patterns``), or from
-an already encoded batch (``patterns_from_encoded``).
+(``decoder_patterns``) or an encoder (``encoder_patterns``) on token ids, from text through
+``attnjax.pretrained`` (``text_patterns``), or from an encoded batch (``patterns_from_encoded``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from jaxtyping import Bool, Float, Int
 
 from attnjax.functional._types import ArrayT
 
-__all__ = ["AttentionPatterns", "decoder_patterns", "patterns_from_encoded", "text_patterns"]
+__all__ = [
+    "AttentionPatterns",
+    "decoder_patterns",
+    "encoder_patterns",
+    "patterns_from_encoded",
+    "text_patterns",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +106,13 @@ def decoder_patterns(
     ``tokens`` are the token strings (default: the ids as strings); ``mask`` [B, T] marks real
     tokens (padding at the end), and is applied to the keys on top of causal masking.
     """
+    token_ids, tokens, mask = _ids_tokens_mask(token_ids, tokens, mask)
+    key_mask = jnp.asarray(mask)[:, None, None, :]
+    _, patterns = model(token_ids, mask=key_mask, return_patterns=True)
+    return AttentionPatterns(patterns, tokens, mask, causal=True)
+
+
+def _ids_tokens_mask(token_ids, tokens, mask):
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 2:
         raise ValueError(f"token_ids must have shape [B, T], got {token_ids.shape}")
@@ -108,9 +121,20 @@ def decoder_patterns(
         raise ValueError(f"mask must have shape {token_ids.shape} like token_ids, got {mask.shape}")
     if tokens is None:
         tokens = [[str(int(t)) for t in row] for row in np.asarray(token_ids)]
-    key_mask = jnp.asarray(mask)[:, None, None, :]
-    _, patterns = model(token_ids, mask=key_mask, return_patterns=True)
-    return AttentionPatterns(patterns, _strings(tokens, mask), mask, causal=True)
+    return token_ids, _strings(tokens, mask), mask
+
+
+def encoder_patterns(
+    model: Any,
+    token_ids: Int[ArrayT, "B T"],
+    tokens: Sequence[Sequence[str]] | None = None,
+    mask: Bool[ArrayT, "B T"] | None = None,
+) -> AttentionPatterns:
+    """Patterns of an ``Encoder`` on ``token_ids`` [B, T] (bidirectional; ``mask`` [B, T]
+    marks real tokens, padding at the end). For text use ``text_patterns``."""
+    token_ids, tokens, mask = _ids_tokens_mask(token_ids, tokens, mask)
+    _, patterns = model(token_ids, attention_mask=jnp.asarray(mask), return_patterns=True)
+    return AttentionPatterns(patterns, tokens, mask, causal=False)
 
 
 def patterns_from_encoded(encoded: Any, causal: bool = False) -> AttentionPatterns:
