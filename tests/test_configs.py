@@ -13,6 +13,8 @@ from ml_collections import config_flags
 from attnjax import models
 from attnjax.models import DecoderLM, ModelConfig
 
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
 

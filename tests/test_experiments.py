@@ -103,7 +103,7 @@ def test_sweep_records_a_failing_point_and_rerun_skips(tmp_path):
     assert rows[1]["status"] == "ok" and float(rows[1]["accuracy"]) >= 0
     assert int(rows[1]["params_total"]) > 0
     assert rows[3]["status"] == "failed" and "num_heads=3" in rows[3]["reason"]
-    for name in ("accuracy_heatmap.png", "metrics_vs_params.png"):
+    for name in ("accuracy_heatmap.png", "sequence_accuracy_heatmap.png", "metrics_vs_params.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert "failures:" in first.stdout
     again = _run("sweep", *args)

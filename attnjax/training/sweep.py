@@ -275,7 +275,22 @@ def format_results(rows: list[dict[str, Any]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     reasons = [f"  {r['heads']}x{r['layers']}: {r['reason']}" for r in rows if r.get("reason")]
-    return "\n".join(lines + (["failures:"] + reasons if reasons else []))
+    return "\n".join(lines + _by_layers(rows) + (["failures:"] + reasons if reasons else []))
+
+
+def _by_layers(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per layer count: the range of accuracies over its head counts."""
+    lines = []
+    for layers in sorted({r["layers"] for r in rows}):
+        ok = [r for r in rows if r["layers"] == layers and r.get("status") == "ok"]
+        if ok:
+            acc = [float(r["accuracy"]) for r in ok]
+            seq = [float(r["sequence_accuracy"]) for r in ok]
+            lines.append(
+                f"{layers} layer(s): accuracy {min(acc):.2f}-{max(acc):.2f}, "
+                f"sequence accuracy {min(seq):.2f}-{max(seq):.2f} over {len(ok)} head counts"
+            )
+    return ["", *lines] if lines else []
 
 
 def default_workdir(config) -> pathlib.Path:

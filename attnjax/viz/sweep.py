@@ -76,13 +76,16 @@ def metrics_vs_params(rows: Sequence[dict[str, Any]]):
 
 
 def save_sweep_plots(rows: Sequence[dict[str, Any]], directory) -> list[pathlib.Path]:
-    """Write ``accuracy_heatmap.png`` and ``metrics_vs_params.png`` into ``directory``."""
+    """Write ``accuracy_heatmap.png``, ``sequence_accuracy_heatmap.png`` and
+    ``metrics_vs_params.png`` into ``directory``."""
     directory = pathlib.Path(directory)
     paths = []
-    for name, make in (
-        ("accuracy_heatmap", accuracy_heatmap),
+    figures = (
+        ("accuracy_heatmap", lambda r: accuracy_heatmap(r, "accuracy")),
+        ("sequence_accuracy_heatmap", lambda r: accuracy_heatmap(r, "sequence_accuracy")),
         ("metrics_vs_params", metrics_vs_params),
-    ):
+    )
+    for name, make in figures:
         fig = make(rows)
         path = directory / f"{name}.png"
         fig.savefig(path, dpi=110)
