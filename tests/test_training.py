@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -149,7 +150,7 @@ def test_train_and_evaluate_writes_everything_and_loss_falls(tmp_path):
 
 
 def test_train_rejects_a_model_that_does_not_fit_the_task(tmp_path):
-    config = _tiny_config()
+    config = ml_collections.ConfigDict(_tiny_config().to_dict())  # model no longer follows task
     config.model.vocab_size = 4
     with pytest.raises(ValueError, match=r"model\.vocab_size"):
         train_and_evaluate(config, tmp_path)

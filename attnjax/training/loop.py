@@ -202,6 +202,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
         final = _evaluate(
             eval_step, state.params, eval_task, train.batch_size, train.eval_batches, mesh
         )
+        summary = {f"eval/{k}": v for k, v in final.items()}
+        if start_step < train.steps:
+            summary.update({"perf/compile_s": compile_s, "perf/tokens_per_s": tokens_per_s})
+        writer.write(int(state.step), summary)
     finally:
         checkpointer.close()
         writer.close()
@@ -232,20 +236,19 @@ def _run_steps(
     pending: tuple[int, Any] | None = None
     last_loss = math.nan
     steady_start, steady_steps = None, 0
+    paused = 0.0  # seconds spent in evaluation and checkpointing, not in steps
 
     def flush(entry):
         step, metrics = entry
         values = _host_metrics(metrics)
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss is {values['loss']} at step {step}")
-        if steady_start is not None and steady_steps:
-            values["tokens_per_s"] = (
-                steady_steps * tokens_per_step / (time.perf_counter() - steady_start)
-            )
+        if steady_start is not None and steady_steps:  # so far, without evals and saves
+            seconds = time.perf_counter() - steady_start - paused
+            values["tokens_per_s"] = steady_steps * tokens_per_step / max(seconds, 1e-9)
         writer.write(step, values)
         return values["loss"]
 
-    paused = 0.0  # seconds spent in evaluation and checkpointing, not in steps
     with progress_bar(train.steps, desc="train", initial=start_step) as bar:
         for step in range(start_step, train.steps):
             state, metrics = compiled(state, batch_of(step))
