@@ -13,8 +13,8 @@ torch and transformers must never enter the project's environment; use a separat
   python3 -m venv /tmp/refenv
   /tmp/refenv/bin/pip install torch==2.13.0 transformers sentence-transformers \
       safetensors tokenizers numpy
-  /tmp/refenv/bin/python scripts/make_pretrained_fixtures.py \
-      --minilm_dir "$(uv run python -c 'import attnjax.pretrained as p; print(p.bundled_model_dir())')"
+  MINILM=$(uv run python -c 'from attnjax import pretrained; print(pretrained.bundled_model_dir())')
+  /tmp/refenv/bin/python scripts/make_pretrained_fixtures.py --minilm_dir "$MINILM"
 """
 
 from __future__ import annotations
