@@ -30,6 +30,7 @@ from attnjax.analysis import (
     self_score,
     threshold_rank,
     word_focus,
+    word_in_context,
     word_vectors,
 )
 from attnjax.models import DecoderLM, ModelConfig
@@ -305,3 +306,31 @@ def test_encoder_patterns_and_circuits_of_a_bert_layout_encoder(key):
     w_q = np.asarray(model.blocks[0].attention.query[...], np.float64)
     w_k = np.asarray(model.blocks[0].attention.key[...], np.float64)
     np.testing.assert_allclose(qk_circuit(model, 0).dense()[2], w_q[:, 2] @ w_k[:, 2].T, atol=1e-7)
+
+
+MOLE = ["American shrew mole", "One mole of carbon dioxide", "Take a biopsy of the mole"]
+
+
+def test_word_in_context_on_real_minilm_matches_numpy():
+    from attnjax import pretrained
+
+    model, tokenizer = pretrained.load()
+    result = word_in_context(model, tokenizer, MOLE, "mole")
+    encoded = pretrained.encode(model, tokenizer, MOLE)
+    assert result.patterns.patterns.shape == (6, 3, 12, 9, 9) and not result.patterns.causal
+    assert result.patterns.tokens[0] == ("[CLS]", "american", "sh", "##rew", "mole", "[SEP]")
+    assert result.similarity.positions == ((4,), (2,), (7,))
+    states = np.asarray(encoded.all_hidden_states, np.float64)  # [7, 3, T, 384]
+    vectors = states[:, [0, 1, 2], [4, 2, 7]]  # [7, 3, 384]
+    unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    expected = np.einsum("lsd,lud->lsu", unit, unit)
+    np.testing.assert_allclose(result.similarity.similarity, expected, atol=1e-5)
+    np.testing.assert_allclose(result.focus[1].rows, encoded.patterns[:, 1, :, 2, :7], rtol=1e-6)
+    # MiniLM's layer 0 head 2 attends to the previous token (a property of the real weights).
+    scores = head_scores(result.patterns)
+    assert scores.top_heads("previous_token", k=1)[0][:2] == (0, 2)
+    assert scores.previous_token[0, 2] > 0.99
+    summary = result.summary()
+    assert summary.count("layer 5: mean over heads") == 3 and "s0 vs s2" in summary
+    with pytest.raises(ValueError, match="'shrew' is not in sentence 1 'One mole of carbon"):
+        word_in_context(model, tokenizer, MOLE, "shrew")

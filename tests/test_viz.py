@@ -94,7 +94,7 @@ def test_circuit_and_similarity_plots(tmp_path):
     (ax,) = fig.axes
     assert len(ax.lines) == 3
     np.testing.assert_allclose(ax.lines[2].get_ydata(), similarity[:, 1, 2])
-    assert labels(ax.get_xticklabels())[:2] == ["emb", "1"]
+    assert labels(ax.get_xticklabels())[:2] == ["emb", "0"]
     assert (tmp_path / "sim.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="labels"):
         similarity_by_layer_plot(similarity, names[:2])

@@ -48,6 +48,9 @@ def _svd_of_product(a: Float[ArrayT, "D r"], b: Float[ArrayT, "r D"]):
     return qa @ u, s, vt @ qb.T
 
 
+_svd_per_head = jax.jit(jax.vmap(_svd_of_product))
+
+
 @dataclasses.dataclass(frozen=True)
 class FactoredCircuit:
     """Per-head [D, D] matrices ``left[n] @ right[n]``, kept as factors.
@@ -79,7 +82,7 @@ class FactoredCircuit:
 
     def svd(self):
         """``(u [N, D, r'], s [N, r'], vt [N, r', D])`` with r' = min(D, r), from the factors."""
-        return jax.vmap(_svd_of_product)(
+        return _svd_per_head(
             jnp.asarray(self.left, jnp.float32), jnp.asarray(self.right, jnp.float32)
         )
 

@@ -90,9 +90,10 @@ class WordInContext:
 
 
 def similarity_table(similarity: np.ndarray, count: int) -> list[str]:
-    """Rows of text: one per pair of sentences (and their mean), one column per layer."""
-    header = "          " + "".join(
-        f"{'emb' if i == 0 else i:>7}" for i in range(similarity.shape[0])
+    """Rows of text: one per pair of sentences (and their mean), one column per layer output
+    (``emb`` = the embeddings, then layers 0, 1, ...)."""
+    header = "   layer  " + "".join(
+        f"{'emb' if i == 0 else i - 1:>7}" for i in range(similarity.shape[0])
     )
     lines = [header]
     pairs = list(itertools.combinations(range(count), 2))

@@ -247,7 +247,8 @@ def similarity_by_layer_plot(
     path=None,
 ):
     """Cosine similarity [L+1, S, S] of a word's vectors between sentences, per layer: one
-    line per pair of sentences (layer 0 = the embeddings)."""
+    line per pair of sentences. Index 0 is the embeddings ("emb"), index i + 1 the output of
+    layer i (layers counted from 0, as in the patterns)."""
     similarity = np.asarray(similarity, np.float64)
     if similarity.ndim != 3 or similarity.shape[1] != similarity.shape[2]:
         raise ValueError(f"similarity must have shape [L+1, S, S], got {similarity.shape}")
@@ -256,8 +257,8 @@ def similarity_by_layer_plot(
     layers = np.arange(similarity.shape[0])
     for i, j in itertools.combinations(range(len(labels)), 2):
         ax.plot(layers, similarity[:, i, j], "o-", label=f"{labels[i]}  vs  {labels[j]}")
-    ax.set_xticks(layers, ["emb"] + [str(i) for i in layers[1:]])
-    ax.set_xlabel("layer (emb = embeddings, i = after block i)")
+    ax.set_xticks(layers, ["emb"] + [str(i) for i in layers[:-1]])
+    ax.set_xlabel("output of layer (emb = the embeddings, before layer 0)")
     ax.set_ylabel("cosine similarity")
     ax.set_title(f"{word!r} across sentences" if word else "similarity across sentences")
     ax.grid(alpha=0.3)
