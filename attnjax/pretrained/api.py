@@ -58,17 +58,17 @@ def load(
     return params_from_tree(config, params, source=str(weights_path)), tokenizer
 
 
-def params_from_tree(config: ModelConfig, params: Mapping[str, Any], *, source: str = "") -> Model:
+def params_from_tree(config: ModelConfig, params: Mapping[Any, Any], *, source: str = "") -> Model:
     """An ``Encoder`` or ``DecoderLM`` for ``config`` with exactly the parameters ``params``.
 
-    ``params`` is a nested dict shaped like ``nnx.state(model, nnx.Param).to_pure_dict()``;
+    ``params`` is a nested dict shaped like ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``;
     a missing, extra or misshapen leaf is a ``ValueError`` (naming ``source``). The model is
     built abstractly (no random initialization), so this is fast for large models.
     """
     model_class = Encoder if config.architecture == "encoder" else DecoderLM
     abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
     graphdef, param_state, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = _flatten(param_state.to_pure_dict())
+    expected = _flatten(nnx.to_pure_dict(param_state))
     given = _flatten(params)
     where = f"{source}: " if source else ""
     for name in sorted(set(expected) - set(given)):
@@ -217,7 +217,7 @@ def _check_vocab(tokenizer: Tokenizer, config: ModelConfig, config_path: pathlib
         )
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for name, value in tree.items():
         path = f"{prefix}/{name}" if prefix else str(name)
