@@ -116,7 +116,7 @@ class Encoded:
     logits: np.ndarray | None = None
 
 
-def encode(model: Model, tokenizer: Tokenizer, sentences: str | Sequence[str]) -> Encoded:
+def encode(model: Model, tokenizer: Tokenizer, sentences: str | Sequence) -> Encoded:
     """Tokenize ``sentences`` (one batch, padded to the longest) and run ``model`` on them.
 
     Works for encoders (bidirectional) and decoders (causal; ``logits`` filled). See

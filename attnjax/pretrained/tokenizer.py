@@ -67,7 +67,7 @@ class Tokenizer:
         """Number of ids, added tokens included."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def __call__(self, sentences: str | Sequence[str]) -> TokenBatch:
+    def __call__(self, sentences: str | Sequence) -> TokenBatch:
         sentences = _as_sentences(sentences)
         encodings = self.backend.encode_batch(list(sentences))
         for i, encoding in enumerate(encodings):
@@ -104,7 +104,7 @@ class Tokenizer:
         )
 
 
-def _as_sentences(sentences: str | Sequence[str]) -> list[str]:
+def _as_sentences(sentences: str | Sequence) -> list[str]:
     if isinstance(sentences, str):
         return [sentences]
     sentences = list(sentences)
