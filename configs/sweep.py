@@ -40,8 +40,8 @@ def get_config(variant: str = "fixed_model_dim") -> ml_collections.ConfigDict:
     )  # fmt: skip
     config.sweep = ml_collections.ConfigDict(
         dict(
-            heads=[1, 2, 4, 8],
-            layers=[1, 2, 4],
+            heads=(1, 2, 4, 8),
+            layers=(1, 2, 4),
             fixed="head_dim" if variant == "fixed_head_dim" else "model_dim",
             head_dim=16,
             shard="0/1",
@@ -51,7 +51,7 @@ def get_config(variant: str = "fixed_model_dim") -> ml_collections.ConfigDict:
     if variant == "tiny":
         config.model.model_dim = 16
         config.task.update(seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
-        config.sweep.update(heads=[1, 2], layers=[1, 2])
+        config.sweep.update(heads=(1, 2), layers=(1, 2))
         config.train.update(
             batch_size=8, steps=12, warmup=2, log_every=4, eval_every=6, eval_batches=2,
             checkpoint_every=6,

@@ -175,8 +175,8 @@ def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path
         sweep_lib, "train_and_evaluate", lambda c, w: calls.append(w.name) or _fake_result(c, w)
     )
     config = sweep_config.get_config("tiny")
-    config.sweep.heads = [1, 3, 8]
-    config.sweep.layers = [1]
+    config.sweep.heads = (1, 3, 8)
+    config.sweep.layers = (1,)
     config.sweep.shard = "0/2"
     rows = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
     assert calls == ["h1_l1", "h8_l1"]  # points 0 and 2
