@@ -1,0 +1,89 @@
+"""Analytic FLOP counts of a transformer forward pass, training step and cached decoding.
+
+Conventions: a multiply-add is 2 FLOPs; only matrix multiplications are counted:
+
+- attention projections per token: ``2 * (D*N*H + D*K*H + D*K*R + N*R*D)``;
+- the attention grid per token: ``2*N*H`` per key for scores Q K^T and ``2*N*R`` per key for
+  pattern · V. Non-causal, every query sees all ``T`` keys; causal, query ``t`` sees ``t+1``
+  keys, ``(T+1)/2`` on average (about half the grid);
+- MLP: ``2 * 2*D*F``; unembedding (decoders): ``2*D*V``.
+
+Not counted: embedding look-ups, norms, softmax, activations, biases, residual adds (O(D+F)
+or O(N*S) per token each, a few percent for realistic widths). XLA's ``cost_analysis()`` counts
+them, and computes the full grid even when causal (it masks, it does not skip), so it agrees with
+the non-causal count up to those elementwise terms (see tests/test_accounting.py).
+
+Training is ``3 x`` forward: the backward pass computes gradients with respect to both the
+activations and the weights, each a matmul as large as the forward one (Kaplan et al. 2020).
+"""
+
+from __future__ import annotations
+
+from attnjax.models.config import ModelConfig
+
+__all__ = [
+    "attention_grid_flops_per_token",
+    "decode_flops_per_token",
+    "flops_per_sequence",
+    "flops_per_token",
+    "matmul_flops_per_token",
+    "training_flops_per_sequence",
+    "training_flops_per_token",
+]
+
+TRAINING_MULTIPLIER = 3
+
+
+def _check_length(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def matmul_flops_per_token(config: ModelConfig) -> int:
+    """Forward FLOPs per token that do not depend on the context length: attention
+    projections, MLP and unembedding, all layers."""
+    d, n, k = config.model_dim, config.num_heads, config.resolved_num_kv_heads
+    h, r, f = config.resolved_head_dim, config.resolved_value_dim, config.resolved_mlp_dim
+    projections = 2 * (d * n * h + d * k * h + d * k * r + n * r * d)
+    mlp = 2 * 2 * d * f
+    unembedding = 2 * d * config.vocab_size if config.architecture == "decoder" else 0
+    return config.num_layers * (projections + mlp) + unembedding
+
+
+def attention_grid_flops_per_token(config: ModelConfig, num_keys: float) -> float:
+    """Scores and pattern · V FLOPs, all layers, for one query seeing ``num_keys`` keys."""
+    n, h, r = config.num_heads, config.resolved_head_dim, config.resolved_value_dim
+    return config.num_layers * 2 * n * (h + r) * num_keys
+
+
+def flops_per_sequence(config: ModelConfig, seq_len: int, causal: bool = True) -> int:
+    """Forward FLOPs for one sequence of ``seq_len`` tokens (exact integer)."""
+    _check_length("seq_len", seq_len)
+    t = seq_len
+    pairs = t * (t + 1) // 2 if causal else t * t  # (query, key) pairs computed
+    n, h, r = config.num_heads, config.resolved_head_dim, config.resolved_value_dim
+    grid = config.num_layers * 2 * n * (h + r) * pairs
+    return t * matmul_flops_per_token(config) + grid
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> float:
+    """Forward FLOPs per token, averaged over a sequence of ``seq_len`` tokens."""
+    return flops_per_sequence(config, seq_len, causal) / seq_len
+
+
+def training_flops_per_sequence(config: ModelConfig, seq_len: int, causal: bool = True) -> int:
+    """Forward + backward FLOPs for one sequence: 3 x forward."""
+    return TRAINING_MULTIPLIER * flops_per_sequence(config, seq_len, causal)
+
+
+def training_flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> float:
+    """Forward + backward FLOPs per token: 3 x forward."""
+    return TRAINING_MULTIPLIER * flops_per_token(config, seq_len, causal)
+
+
+def decode_flops_per_token(config: ModelConfig, context_len: int) -> int:
+    """FLOPs to produce one new token with a KV cache holding ``context_len`` positions
+    (the new one included): projections + MLP + unembedding for one token, and the grid row
+    of one query against ``context_len`` keys."""
+    _check_length("context_len", context_len)
+    return matmul_flops_per_token(config) + int(attention_grid_flops_per_token(config, context_len))
