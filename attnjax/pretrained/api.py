@@ -71,10 +71,12 @@ def params_from_tree(config: ModelConfig, params: Mapping[Any, Any], *, source: 
     expected = _flatten(nnx.to_pure_dict(param_state))
     given = _flatten(params)
     where = f"{source}: " if source else ""
-    for name in sorted(set(expected) - set(given)):
-        raise ValueError(f"{where}no value for parameter {name} {expected[name].shape}")
-    for name in sorted(set(given) - set(expected)):
-        raise ValueError(f"{where}parameter {name} does not exist in {model_class.__name__}")
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        raise ValueError(f"{where}no value for parameters {missing} of {model_class.__name__}")
+    extra = sorted(set(given) - set(expected))
+    if extra:
+        raise ValueError(f"{where}parameters {extra} do not exist in {model_class.__name__}")
     for name, leaf in expected.items():
         if tuple(given[name].shape) != tuple(leaf.shape):
             raise ValueError(
