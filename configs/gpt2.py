@@ -1,38 +1,67 @@
-"""The four GPT-2 sizes (Radford et al., 2019) as attnjax model configs.
+"""The four GPT-2 sizes (Radford et al. 2019), for counting parameters and FLOPs.
 
 Run (from the repository root):
 
     uv run python -m experiments.count_params --config=configs/gpt2.py:size=small
-    uv run python -m experiments.count_params --config=configs/gpt2.py:xl --json
 
-Sizes: small (124M: 12 layers, d_model 768, 12 heads), medium (355M: 24, 1024, 16),
-large (774M: 36, 1280, 20), xl (1.56B: 48, 1600, 25); default small. n_ctx = 1024, vocabulary
-50257, d_ff = 4 d_model, pre-LN LayerNorm, biases everywhere, learned positions, tied
-unembedding: GPT-2 small then has exactly 124,439,808 parameters.
+Sizes: small (124M), medium (355M), large (774M), xl (1.5B); default small. 1024-token
+context, vocabulary 50257, F = 4D, pre-LN with LayerNorm biases, biases in attention and MLP,
+learned positions, tied embeddings, GELU (tanh). GPT-2 small counts 124,439,808 parameters.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
-from configs.gpt3 import model_config, parse_size
-
-# size: (n_layers, d_model, n_heads, parameter count of the released checkpoint)
+# size: (num_layers, model_dim, num_heads)
 SIZES = {
-    "small": (12, 768, 12, 124_439_808),
-    "medium": (24, 1024, 16, 354_823_168),
-    "large": (36, 1280, 20, 774_030_080),
-    "xl": (48, 1600, 25, 1_557_611_200),
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+    "large": (36, 1280, 20),
+    "xl": (48, 1600, 25),
 }
+VARIANTS = tuple(f"size={size}" for size in SIZES)
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The locked config of one GPT-2 size (``arg``: ``"size=small"``, ``"xl"``; default small)."""
-    size = parse_size(arg, SIZES, {}, "small", "GPT-2")
-    layers, width, heads, released = SIZES[size]
+def parse_size(arg: str | None) -> str:
+    """``"size=small"`` or ``"small"`` → ``"small"``; unknown sizes raise ValueError."""
+    text = (arg or "small").strip().lower()
+    if text.startswith("size="):
+        text = text[len("size=") :]
+    if text not in SIZES:
+        raise ValueError(f"size={text!r} is unknown; choose one of {list(SIZES)}")
+    return text
+
+
+def get_config(arg: str = "size=small") -> ml_collections.ConfigDict:
+    """The GPT-2 config for ``arg`` (``size=<name>`` or just ``<name>``), locked."""
+    size = parse_size(arg)
+    num_layers, model_dim, num_heads = SIZES[size]
     config = ml_collections.ConfigDict()
     config.name = f"gpt2-{size}"
-    config.paper_params = released
-    config.model = model_config(layers, width, heads, 1024)
+    config.model = ml_collections.ConfigDict(
+        dict(
+            vocab_size=50257,
+            max_seq_len=1024,
+            model_dim=model_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=config_dict.placeholder(int),
+            head_dim=config_dict.placeholder(int),
+            value_dim=config_dict.placeholder(int),
+            mlp_dim=config_dict.placeholder(int),
+            attention_bias=True,
+            mlp_bias=True,
+            norm="layernorm",
+            norm_bias=True,
+            norm_position="pre",
+            final_norm=True,
+            activation="gelu_tanh",
+            position_embedding="learned",
+            tie_embeddings=True,
+        )
+    )
+    config.count = ml_collections.ConfigDict(dict(seq_len=1024, batch_size=1))
     config.lock()
     return config
