@@ -100,10 +100,8 @@ def _check_train_config(train) -> None:
 
 
 def _param_report(model_config: ModelConfig) -> tuple[dict[str, int], str]:
-    try:
-        from attnjax.accounting import count_params, format_param_table
-    except ImportError:  # TEMPORARY until the accounting package lands
-        return {"params/total": 0}, "(attnjax.accounting not available yet)"
+    from attnjax.accounting import count_params, format_param_table
+
     report = count_params(model_config)
     return {k: int(v) for k, v in report.scalars().items()}, format_param_table(report)
 
