@@ -64,6 +64,13 @@ def test_minilm_is_the_bert_layout(minilm):
     )
     assert c.embedding_norm and not c.final_norm and c.type_vocab_size == 2
     assert tokenizer.vocab_size == 30522 and tokenizer.max_length == 256
+    # Every weight of the checkpoint is used, except the pooler (attnjax has none).
+    checkpoint = load_file(pretrained.bundled_model_dir() / "model.safetensors")
+    used = sum(
+        v.size for k, v in checkpoint.items() if not k.startswith("pooler.") and "_ids" not in k
+    )
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert sum(leaf.size for leaf in leaves) == used == 22_565_376
 
 
 def test_minilm_tokenizer_matches_upstream_and_pads_to_the_longest(
