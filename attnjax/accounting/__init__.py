@@ -38,6 +38,11 @@ from attnjax.accounting.params import (
     count_params,
     format_param_table,
 )
+from attnjax.accounting.sweep import (
+    count_sweep,
+    format_sweep_table,
+    write_sweep_csv,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -50,12 +55,14 @@ __all__ = [
     "attention_grid_bytes",
     "attention_grid_flops_per_token",
     "count_params",
+    "count_sweep",
     "decode_flops_per_token",
     "flops_per_sequence",
     "flops_per_token",
     "format_bytes",
     "format_leaf_table",
     "format_param_table",
+    "format_sweep_table",
     "kv_cache_bytes",
     "matmul_flops_per_token",
     "measure_params",
@@ -63,4 +70,5 @@ __all__ = [
     "reconcile",
     "training_flops_per_sequence",
     "training_flops_per_token",
+    "write_sweep_csv",
 ]
