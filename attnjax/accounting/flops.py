@@ -50,7 +50,7 @@ def matmul_flops_per_token(config: ModelConfig) -> int:
     return config.num_layers * (projections + mlp) + unembedding
 
 
-def attention_grid_flops_per_token(config: ModelConfig, num_keys: float) -> float:
+def attention_grid_flops_per_token(config: ModelConfig, num_keys: int | float) -> int | float:
     """Scores and pattern · V FLOPs, all layers, for one query seeing ``num_keys`` keys."""
     n, h, r = config.num_heads, config.resolved_head_dim, config.resolved_value_dim
     return config.num_layers * 2 * n * (h + r) * num_keys
