@@ -35,8 +35,8 @@ def get_config(variant: str = "fixed_model_dim") -> ml_collections.ConfigDict:
     config.unlock()
     config.model.model_dim = 64
     config.train.update(
-        batch_size=32, steps=800, lr=3e-3, warmup=40, log_every=50, eval_every=400,
-        eval_batches=8, checkpoint_every=400,
+        batch_size=32, steps=800, lr=3e-3, warmup=40, log_every=50, eval_every=800,
+        eval_batches=8, checkpoint_every=800,
     )  # fmt: skip
     config.sweep = ml_collections.ConfigDict(
         dict(

@@ -142,7 +142,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     eval_task = build_task(config, seed_offset=EVAL_SEED_OFFSET)
     model_config = model_config_for(config, task)
     workdir = prepare_workdir(workdir)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
 
     split = init_model(model_config, train.seed)
@@ -175,7 +176,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     tokens_per_step = train.batch_size * task.seq_len
     batch_of = lambda step: sharding_lib.shard_batch(task.batch(step, train.batch_size), mesh)
 
-    writer = MetricsWriter(workdir, resume_step=start_step if start_step else None)
+    chief = jax.process_index() == 0  # on many hosts, one writes the files (orbax syncs itself)
+    writer = (
+        MetricsWriter(workdir, resume_step=start_step if start_step else None)
+        if chief
+        else _NoWriter()
+    )
     if start_step == 0:
         logging.info("Parameters of %s:\n%s", workdir.name, param_table)
         writer.write_text("params", param_table)
@@ -200,10 +206,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
         final = _evaluate(
             eval_step, state.params, eval_task, train.batch_size, train.eval_batches, mesh
         )
-        summary = {f"eval/{k}": v for k, v in final.items()}
-        if start_step < train.steps:
+        if start_step < train.steps:  # a finished run started again adds no records
+            summary = {f"eval/{k}": v for k, v in final.items()}
             summary.update({"perf/compile_s": compile_s, "perf/tokens_per_s": tokens_per_s})
-        writer.write(int(state.step), summary)
+            writer.write(int(state.step), summary)
     finally:
         checkpointer.close()
         writer.close()
@@ -221,8 +227,22 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
         wall_s=time.perf_counter() - start_time,
         params=param_scalars,
     )
-    (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if chief:
+        (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+class _NoWriter:
+    """Stands in for ``MetricsWriter`` on processes other than the first."""
+
+    def write(self, step, scalars) -> None:
+        pass
+
+    def write_text(self, tag, text) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _run_steps(
