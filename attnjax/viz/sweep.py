@@ -60,7 +60,7 @@ def metrics_vs_params(rows: Sequence[dict[str, Any]]):
         )
         x = [_number(r["params_total"]) for r in points]
         for ax, metric in zip(axes, ("eval_loss", "accuracy"), strict=True):
-            ax.plot(x, [_number(r[metric]) for r in points], "o-", label=f"{layers} layers")
+            ax.plot(x, [_number(r[metric]) for r in points], "o", label=f"{layers} layers")
             for r, xi in zip(points, x, strict=True):
                 ax.annotate(f"{r['heads']}h", (xi, _number(r[metric])), fontsize=7)
     for ax, metric in zip(axes, ("eval loss", "eval accuracy"), strict=True):
