@@ -194,12 +194,16 @@ class DecoderLM(nnx.Module):
         positions: Int[ArrayT, "#B T"] | None = None,
         mask: Bool[ArrayT, ...] | None = None,
         return_patterns: bool = False,
+        return_hidden_states: bool = False,
     ):
         """Logits [B, T, V] for ``tokens`` [B, T] (causal).
 
         ``mask`` (broadcastable to [B, N, T, T]) adds to causal masking, e.g. padding or
-        segment masks. With ``return_patterns`` returns ``(logits, patterns)``, patterns
-        [L, B, N, T, T] float32.
+        segment masks. Extras, as with ``Encoder``: ``return_patterns`` adds the patterns
+        [L, B, N, T, T] (float32); ``return_hidden_states`` adds the residual stream after the
+        embeddings and after every block, [L+1, B, T, D] (the last one after the final norm).
+        Returns ``logits``, or the tuple ``(logits, patterns?, hidden_states?)`` with only the
+        requested extras, in that order.
         """
         self._check_tokens(tokens)
         length = tokens.shape[1]
@@ -207,15 +211,22 @@ class DecoderLM(nnx.Module):
             positions = jnp.arange(length)[None]
         x = self.embeddings(tokens, positions)
         bias = self._alibi(length, length, 0)
-        patterns = []
+        hidden, patterns = [x], []
         for block in self.blocks:
             out = block(
                 x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns
             )
             x, pattern = out if return_patterns else (out, None)
+            hidden.append(x)
             patterns.append(pattern)
-        logits = self._logits(x)
-        return (logits, stack_patterns(patterns)) if return_patterns else logits
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            hidden[-1] = x
+        logits = self._unembed(x)
+        extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
+            (jnp.stack(hidden),) if return_hidden_states else ()
+        )
+        return (logits, *extras) if extras else logits
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> tuple[KVCache, ...]:
         """Empty key/value caches, one per layer, for up to ``max_length`` tokens."""
@@ -257,8 +268,10 @@ class DecoderLM(nnx.Module):
         return F.alibi_bias(self.config.num_heads, query_length, key_length, offset=offset)
 
     def _logits(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
-        if self.final_norm is not None:
-            x = self.final_norm(x)
+        """Final norm, then unembedding."""
+        return self._unembed(x if self.final_norm is None else self.final_norm(x))
+
+    def _unembed(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
         logits = self.embeddings.token.attend(x) if self.unembed is None else self.unembed(x)
         return logits.astype(jnp.float32)
 

@@ -177,21 +177,12 @@ def _forward(graphdef, state, input_ids, attention_mask, token_types):
 
 
 def _decoder_outputs(model: DecoderLM, input_ids, attention_mask):
-    """``DecoderLM.__call__`` step by step, keeping every block's output."""
-    length = input_ids.shape[1]
-    positions = jnp.arange(length)[None]
+    """Hidden state after the final norm, every layer's hidden states, patterns and logits."""
     key_mask = attention_mask.astype(bool)[:, None, None, :]
-    bias = model._alibi(length, length, 0)
-    x = model.embeddings(input_ids, positions)
-    hidden, patterns = [x], []
-    for block in model.blocks:
-        x, pattern = block(x, mask=key_mask, bias=bias, positions=positions, return_pattern=True)
-        hidden.append(x)
-        patterns.append(pattern)
-    logits = model._logits(x)
-    if model.final_norm is not None:
-        hidden[-1] = model.final_norm(x)
-    return hidden[-1], jnp.stack(hidden), jnp.stack(patterns), logits
+    logits, patterns, all_hidden = model(
+        input_ids, mask=key_mask, return_patterns=True, return_hidden_states=True
+    )
+    return all_hidden[-1], all_hidden, patterns, logits
 
 
 def _max_length(path: pathlib.Path, config: ModelConfig, max_length: int | None) -> int:
