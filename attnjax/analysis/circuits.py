@@ -8,7 +8,8 @@ Per query head n (kv head k = n // G under grouped-query attention):
   stream for each unit of attention paid to a token — the low-rank value map.
 
 A ``FactoredCircuit`` keeps the factors ``left`` [N, D, r] and ``right`` [N, r, D] and never
-needs the D x D product: its SVD comes from QR of the factors and the SVD of an r x r matrix.
+needs the D x D product: its SVD comes from QR of the factors and the SVD of an r x r matrix
+(float64 NumPy: the parameters are small and on the host after one copy).
 
 Effective rank, two definitions (both per head):
 
@@ -22,8 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Float, Int
 
 from attnjax.functional._types import ArrayT
@@ -40,15 +40,14 @@ __all__ = [
 ]
 
 
-def _svd_of_product(a: Float[ArrayT, "D r"], b: Float[ArrayT, "r D"]):
-    """SVD of ``a @ b`` without forming it: a = Qa Ra, bᵀ = Qb Rb, a b = Qa (Ra Rbᵀ) Qbᵀ."""
-    qa, ra = jnp.linalg.qr(a)
-    qb, rb = jnp.linalg.qr(b.T)
-    u, s, vt = jnp.linalg.svd(ra @ rb.T)
-    return qa @ u, s, vt @ qb.T
-
-
-_svd_per_head = jax.jit(jax.vmap(_svd_of_product))
+def _svd_of_product(a: np.ndarray, b: np.ndarray):
+    """SVD of ``a @ b`` per head without forming it: a = Qa Ra, bᵀ = Qb Rb, so
+    a b = Qa (Ra Rbᵀ) Qbᵀ and only the small r x r middle needs an SVD. a [N, D, r],
+    b [N, r, D]; float64 NumPy on the host (batched LAPACK, no compilation)."""
+    qa, ra = np.linalg.qr(a)
+    qb, rb = np.linalg.qr(np.swapaxes(b, 1, 2))
+    u, s, vt = np.linalg.svd(ra @ np.swapaxes(rb, 1, 2))
+    return qa @ u, s, vt @ np.swapaxes(qb, 1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,45 +75,52 @@ class FactoredCircuit:
     def num_heads(self) -> int:
         return self.left.shape[0]
 
-    def dense(self) -> Float[ArrayT, "N D D"]:
-        """The full matrices (D x D per head); for small D or checking."""
-        return jnp.einsum("NDr,NrE->NDE", self.left, self.right)
+    def dense(self) -> Float[np.ndarray, "N D D"]:
+        """The full matrices (D x D per head, float64); for small D or checking."""
+        return np.einsum("ndr,nre->nde", self._left64, self._right64)
 
     def svd(self):
-        """``(u [N, D, r'], s [N, r'], vt [N, r', D])`` with r' = min(D, r), from the factors."""
-        return _svd_per_head(
-            jnp.asarray(self.left, jnp.float32), jnp.asarray(self.right, jnp.float32)
-        )
+        """``(u [N, D, r'], s [N, r'], vt [N, r', D])`` with r' = min(D, r), from the factors
+        (float64 NumPy)."""
+        return _svd_of_product(self._left64, self._right64)
 
-    def singular_values(self) -> Float[ArrayT, "N r"]:
+    @property
+    def _left64(self) -> np.ndarray:
+        return np.asarray(self.left, np.float64)
+
+    @property
+    def _right64(self) -> np.ndarray:
+        return np.asarray(self.right, np.float64)
+
+    def singular_values(self) -> Float[np.ndarray, "N r"]:
         """Singular values per head, largest first."""
         return self.svd()[1]
 
-    def effective_rank(self) -> Float[ArrayT, " N"]:
+    def effective_rank(self) -> Float[np.ndarray, " N"]:
         return effective_rank(self.singular_values())
 
-    def threshold_rank(self, rtol: float = 0.01) -> Int[ArrayT, " N"]:
+    def threshold_rank(self, rtol: float = 0.01) -> Int[np.ndarray, " N"]:
         return threshold_rank(self.singular_values(), rtol)
 
 
-def effective_rank(singular_values: Float[ArrayT, "*batch r"]) -> Float[ArrayT, "*batch"]:
+def effective_rank(singular_values: Float[ArrayT, "*batch r"]) -> Float[np.ndarray, "*batch"]:
     """``exp`` of the entropy of the normalized singular values (0 for an all-zero map)."""
-    s = jnp.abs(jnp.asarray(singular_values, jnp.float32))
+    s = np.abs(np.asarray(singular_values, np.float64))
     total = s.sum(axis=-1, keepdims=True)
-    p = s / jnp.where(total > 0, total, 1.0)
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-    return jnp.where(total[..., 0] > 0, jnp.exp(entropy), 0.0)
+    p = s / np.where(total > 0, total, 1.0)
+    entropy = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1)
+    return np.where(total[..., 0] > 0, np.exp(entropy), 0.0)
 
 
 def threshold_rank(
     singular_values: Float[ArrayT, "*batch r"], rtol: float = 0.01
-) -> Int[ArrayT, "*batch"]:
+) -> Int[np.ndarray, "*batch"]:
     """How many singular values exceed ``rtol`` times the largest."""
     if not 0.0 <= rtol < 1.0:
         raise ValueError(f"rtol must be in [0, 1), got {rtol}")
-    s = jnp.abs(jnp.asarray(singular_values))
+    s = np.abs(np.asarray(singular_values, np.float64))
     largest = s.max(axis=-1, keepdims=True)
-    return jnp.sum((s > rtol * largest) & (s > 0), axis=-1)
+    return np.sum((s > rtol * largest) & (s > 0), axis=-1)
 
 
 def attention_module(model: Any, layer: int | None = None) -> MultiHeadAttention:
@@ -130,31 +136,36 @@ def attention_module(model: Any, layer: int | None = None) -> MultiHeadAttention
     return blocks[layer].attention
 
 
-def _kv_head_of_each_query_head(attention: MultiHeadAttention) -> jax.Array:
+def _kv_head_of_each_query_head(attention: MultiHeadAttention) -> np.ndarray:
     group = attention.num_heads // attention.num_kv_heads
-    return jnp.arange(attention.num_heads) // group
+    return np.arange(attention.num_heads) // group
 
 
+# The factors are gathered on the host (NumPy): a few small copies, no device dispatch.
 def qk_circuit(model: Any, layer: int | None = None) -> FactoredCircuit:
     """``W_Q[n] W_K[n // G]ᵀ`` per query head: left [N, D, H], right [N, H, D]."""
     attention = attention_module(model, layer)
-    query = jnp.transpose(attention.query[...], (1, 0, 2))  # [N, D, H]
-    key = attention.key[...][:, _kv_head_of_each_query_head(attention)]  # [D, N, H]
-    return FactoredCircuit(query, jnp.transpose(key, (1, 2, 0)))
+    query = np.transpose(np.asarray(attention.query[...]), (1, 0, 2))  # [N, D, H]
+    key = np.asarray(attention.key[...])[:, _kv_head_of_each_query_head(attention)]  # [D,N,H]
+    return FactoredCircuit(query, np.transpose(key, (1, 2, 0)))
 
 
 def ov_circuit(model: Any, layer: int | None = None) -> FactoredCircuit:
     """``W_V↓[n // G] W_V↑[n]`` per query head: left [N, D, R], right [N, R, D]."""
     attention = attention_module(model, layer)
-    down = attention.value_down[...][:, _kv_head_of_each_query_head(attention)]  # [D, N, R]
-    return FactoredCircuit(jnp.transpose(down, (1, 0, 2)), attention.value_up[...])
+    down = np.asarray(attention.value_down[...])[:, _kv_head_of_each_query_head(attention)]
+    return FactoredCircuit(np.transpose(down, (1, 0, 2)), np.asarray(attention.value_up[...]))
 
 
-def circuit_spectra(model: Any) -> dict[str, Float[ArrayT, "L N r"]]:
+def circuit_spectra(model: Any) -> dict[str, Float[np.ndarray, "L N r"]]:
     """Singular values of every layer's QK (``"qk"``, [L, N, H]) and OV (``"ov"``,
-    [L, N, R]) circuits."""
+    [L, N, R]) circuits, all layers in one batched SVD."""
     layers = range(len(model.blocks))
-    return {
-        "qk": jnp.stack([qk_circuit(model, i).singular_values() for i in layers]),
-        "ov": jnp.stack([ov_circuit(model, i).singular_values() for i in layers]),
-    }
+    spectra = {}
+    for name, circuit in (("qk", qk_circuit), ("ov", ov_circuit)):
+        circuits = [circuit(model, i) for i in layers]
+        left = np.concatenate([c.left for c in circuits])  # [L * N, D, r]
+        right = np.concatenate([c.right for c in circuits])
+        values = FactoredCircuit(left, right).singular_values()
+        spectra[name] = values.reshape(len(circuits), -1, values.shape[-1])
+    return spectra
