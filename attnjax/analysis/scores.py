@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jaxtyping import Bool, Float, Int
 
 from attnjax.analysis.patterns import AttentionPatterns
@@ -144,8 +145,13 @@ def induction_scores(
             f"2 * seq_len={2 * seq_len} exceeds the model's max_seq_len={config.max_seq_len}"
         )
     tokens = repeated_random_tokens(config.vocab_size, seq_len, batch, seed)
-    _, patterns = model(tokens, return_patterns=True)
-    return induction_score_from_patterns(patterns, seq_len)
+    graphdef, state = nnx.split(model)
+    return induction_score_from_patterns(_patterns(graphdef, state, tokens), seq_len)
+
+
+@jax.jit(static_argnums=0)
+def _patterns(graphdef, state, tokens):
+    return nnx.merge(graphdef, state)(tokens, return_patterns=True)[1]
 
 
 @dataclasses.dataclass(frozen=True)
