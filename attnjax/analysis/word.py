@@ -85,6 +85,7 @@ class WordInContext:
                 heads = ", ".join(f"h{n}→{t} {w:.2f}" for n, t, w in focus.top_heads(layer, top))
                 lines.append(f"  layer {layer}: mean over heads: {tokens} | top heads: {heads}")
         lines.append(f"cosine similarity of the {self.word!r} vectors between sentences")
+        lines.extend(f"  s{i} = {sentence!r}" for i, sentence in enumerate(self.sentences))
         lines.extend(similarity_table(self.similarity.similarity, len(self.sentences)))
         return "\n".join(lines)
 
