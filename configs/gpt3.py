@@ -62,9 +62,13 @@ def get_config(arg: str = "size=125m") -> ml_collections.ConfigDict:
             num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=config_dict.placeholder(int),
-            head_dim=head_dim,
+            # Derived (D // N, 4D) unless the table needs it spelled out, so that overrides
+            # such as --config.model.num_heads=48 keep the model width and F = 4D follows D.
+            head_dim=config_dict.placeholder(int)
+            if head_dim * num_heads == model_dim
+            else head_dim,
             value_dim=config_dict.placeholder(int),
-            mlp_dim=4 * model_dim,
+            mlp_dim=config_dict.placeholder(int),
             attention_bias=True,
             mlp_bias=True,
             norm="layernorm",
