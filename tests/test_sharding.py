@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
     config = ModelConfig(vocab_size=16, max_seq_len=11, model_dim=16, num_layers=2,
                          num_heads=4, mlp_dim=32)
     task = make_task("induction", seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
-    tx = make_optimizer(learning_rate=1e-2, steps=4, warmup_steps=1, weight_decay=0.1,
+    tx = make_optimizer(learning_rate=1e-2, steps=3, warmup_steps=1, weight_decay=0.1,
                         clip_norm=1.0)
 
     def run(data, model):
@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
         state = jax.device_put(state, shardings)
         step = make_train_step(split.graphdef, split.rest, tx, state_sharding=shardings)
         losses = []
-        for i in range(4):
+        for i in range(3):
             state, metrics = step(state, sharding.shard_batch(task.batch(i, 8), mesh))
             losses.append(float(metrics["loss"]))
         return state, losses

@@ -64,13 +64,20 @@ def test_optimizer_rejects_bad_settings(kwargs, field):
         make_optimizer(**{**settings, **kwargs})
 
 
-def test_train_step_learns_and_eval_agrees():
+@pytest.fixture(scope="module")
+def tiny_training():
+    """A tiny model split once, its optimizer and its compiled train step (shared: compiling
+    is most of the cost)."""
     split = init_model(TINY_MODEL, seed=0)
     tx = make_optimizer(
         learning_rate=1e-2, steps=30, warmup_steps=2, weight_decay=0.0, clip_norm=1.0
     )
-    state = init_train_state(split.params, tx)
-    step = make_train_step(split.graphdef, split.rest, tx)
+    return split, tx, make_train_step(split.graphdef, split.rest, tx)
+
+
+def test_train_step_learns_and_eval_agrees(tiny_training):
+    split, tx, step = tiny_training
+    state = init_train_state(jax.tree.map(jnp.copy, split.params), tx)  # steps donate it
     evaluate = make_eval_step(split.eval_graphdef, split.rest)
     batch = _tiny_task().batch(0, 16)
     before = evaluate(state.params, batch)
@@ -83,13 +90,10 @@ def test_train_step_learns_and_eval_agrees():
     assert losses[-1] < 0.7 * losses[0]  # memorizes the fixed batch
 
 
-def test_checkpoint_round_trip(tmp_path):
-    split = init_model(TINY_MODEL, seed=1)
-    tx = make_optimizer(
-        learning_rate=1e-3, steps=10, warmup_steps=1, weight_decay=0.1, clip_norm=1.0
-    )
-    state = init_train_state(split.params, tx)
-    state = make_train_step(split.graphdef, split.rest, tx)(state, _tiny_task().batch(0, 4))[0]
+def test_checkpoint_round_trip(tmp_path, tiny_training):
+    split, tx, step = tiny_training
+    params = jax.tree.map(jnp.copy, split.params)  # the step donates its input
+    state = step(init_train_state(params, tx), _tiny_task().batch(0, 16))[0]
     checkpointer = Checkpointer(tmp_path / "ckpt", every=1, keep=1)
     assert checkpointer.restore_latest("untouched") == "untouched"
     checkpointer.maybe_save(1, state)
