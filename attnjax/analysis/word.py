@@ -84,6 +84,8 @@ class WordInContext:
                 tokens = ", ".join(f"{t} {w:.2f}" for t, w in focus.top_tokens(layer, top))
                 heads = ", ".join(f"h{n}→{t} {w:.2f}" for n, t, w in focus.top_heads(layer, top))
                 lines.append(f"  layer {layer}: mean over heads: {tokens} | top heads: {heads}")
+        if len(self.sentences) < 2:
+            return "\n".join([*lines, "(one sentence: no similarity between sentences)"])
         lines.append(f"cosine similarity of the {self.word!r} vectors between sentences")
         lines.extend(f"  s{i} = {sentence!r}" for i, sentence in enumerate(self.sentences))
         lines.extend(similarity_table(self.similarity.similarity, len(self.sentences)))
@@ -116,8 +118,8 @@ def word_in_context(
     from attnjax import pretrained  # a sibling package; imported only when text is given
 
     sentences = tuple(sentences)
-    if len(sentences) < 2:
-        raise ValueError(f"need at least 2 sentences to compare, got {len(sentences)}")
+    if not sentences or not all(isinstance(x, str) and x.strip() for x in sentences):
+        raise ValueError(f"sentences must be non-empty strings, got {list(sentences)}")
     encoded = pretrained.encode(model, tokenizer, list(sentences))
     similarity = contextual_similarity(encoded, word, sentences)
     patterns = patterns_from_encoded(encoded, causal=model.config.is_causal)

@@ -262,7 +262,8 @@ def similarity_by_layer_plot(
     ax.set_ylabel("cosine similarity")
     ax.set_title(f"{word!r} across sentences" if word else "similarity across sentences")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(labels) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
 
