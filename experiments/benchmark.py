@@ -16,10 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 import attnjax
-from experiments.common import log_devices, user_errors_exit_cleanly
+from experiments.common import log_devices, run
 
 _BATCH = flags.DEFINE_integer("batch", 4, "B")
 _LENGTH = flags.DEFINE_integer("length", 512, "T = S")
@@ -92,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(user_errors_exit_cleanly(main))
+    run(main)

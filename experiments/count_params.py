@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from attnjax.training.cli import parse_flags_cleanly
-from experiments.common import user_errors_exit_cleanly
+from experiments.common import run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/gpt3.py", "Config file with a `model` section, e.g. configs/gpt3.py:175b.",
@@ -91,7 +90,6 @@ def format_summary(values: dict) -> str:
     return "\n".join(lines)
 
 
-@user_errors_exit_cleanly
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -118,4 +116,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_cleanly)
+    run(main)

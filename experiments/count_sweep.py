@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from attnjax.training.cli import parse_flags_cleanly
-from experiments.common import user_errors_exit_cleanly
+from experiments.common import run
 
 DEFAULT_WORKDIR = "/tmp/attnjax/count_sweep"
 
@@ -37,7 +36,6 @@ def _ints(name: str, values: list[str]) -> list[int]:
         raise ValueError(f"--{name} must be a comma-separated list of ints, got {values}") from None
 
 
-@user_errors_exit_cleanly
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -63,4 +61,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_cleanly)
+    run(main)

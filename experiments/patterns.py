@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import flags
 
-from experiments.common import log_devices, user_errors_exit_cleanly
+from experiments.common import log_devices, run
 
 MOLE_SENTENCES = ["American shrew mole", "One mole of carbon dioxide", "Take a biopsy of the mole"]
 
@@ -30,7 +30,6 @@ _MODEL_DIR = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/attnjax/patterns", "Where the PNGs go.")
 
 
-@user_errors_exit_cleanly
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -50,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

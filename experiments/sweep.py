@@ -7,11 +7,10 @@ Re-running skips finished points; ``--config.sweep.shard=i/n`` runs every n-th p
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from attnjax.training.cli import parse_flags_cleanly
-from experiments.common import log_devices, user_errors_exit_cleanly
+from experiments.common import log_devices, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sweep.py", "Sweep config file (configs/sweep.py:fixed_head_dim).",
@@ -22,7 +21,6 @@ _MERGE = flags.DEFINE_bool("merge", False, "Only merge the points found in --wor
 _CACHE = flags.DEFINE_string("compilation_cache", None, "Persistent JAX compilation cache dir.")
 
 
-@user_errors_exit_cleanly
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -46,4 +44,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_cleanly)
+    run(main)

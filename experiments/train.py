@@ -5,11 +5,10 @@ Re-running the same command resumes from the newest checkpoint in ``DIR``.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from attnjax.training.cli import parse_flags_cleanly
-from experiments.common import log_devices, user_errors_exit_cleanly
+from experiments.common import log_devices, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train.py", "Run config file (variants: configs/train.py:induction).",
@@ -18,7 +17,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
 
 
-@user_errors_exit_cleanly
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -41,4 +39,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_cleanly)
+    run(main)
