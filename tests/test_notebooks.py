@@ -23,11 +23,12 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     assert "except ImportError" in notebook.cells[1].source  # the install cell
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("ATTNJAX_WORKDIR", str(tmp_path))
+    # Run where the notebook lives, as Jupyter does; files go to ATTNJAX_WORKDIR.
     client = NotebookClient(
         notebook,
         timeout=180,
         kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
+        resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
     errors = [
