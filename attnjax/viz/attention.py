@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
+
+from attnjax.viz._figures import new_figure, save_figure
 
 __all__ = [
     "attention_heatmap",
@@ -29,19 +30,6 @@ __all__ = [
 ]
 
 CMAP = "viridis"
-
-
-def _finish(fig: Figure, path) -> Figure:
-    if path is not None:
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return fig
-
-
-def _subplots(*grid, figsize, **kwargs):
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _check_grid(pattern: np.ndarray, mask, name: str) -> np.ma.MaskedArray:
@@ -89,7 +77,7 @@ def attention_heatmap(
     cols = _check_tokens(rows if key_tokens is None else key_tokens, pattern.shape[1], "key_tokens")
     image = _check_grid(pattern, mask, "pattern")
     size = max(3.0, 0.45 * max(pattern.shape) + 1.5)
-    fig, ax = _subplots(figsize=(size + 1.0, size))
+    fig, ax = new_figure(figsize=(size + 1.0, size))
     _masked_style(ax)
     drawn = ax.imshow(image, cmap=CMAP, vmin=0.0, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=90)
@@ -99,7 +87,7 @@ def attention_heatmap(
     if title:
         ax.set_title(title)
     fig.colorbar(drawn, ax=ax, fraction=0.046, pad=0.04, label="attention")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def head_grid(
@@ -125,7 +113,7 @@ def head_grid(
     layers = list(range(patterns.shape[0])) if layers is None else list(layers)
     heads = list(range(patterns.shape[1])) if heads is None else list(heads)
     cell = 0.9 if len(tokens) <= 24 else 0.6
-    fig, axes = _subplots(
+    fig, axes = new_figure(
         len(layers),
         len(heads),
         figsize=(cell * len(heads) + 1.8, cell * len(layers) + 1.2),
@@ -149,7 +137,7 @@ def head_grid(
     fig.colorbar(drawn, ax=axes, fraction=0.02, pad=0.01, label="attention")
     if title:
         fig.suptitle(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def query_attention_by_layer(
@@ -171,7 +159,7 @@ def query_attention_by_layer(
     if not rows or not all(0 <= q < patterns.shape[2] for q in rows):
         raise ValueError(f"query={query} must be positions in [0, {patterns.shape[2]})")
     row = patterns[:, :, rows].mean(axis=2)  # [L, N, S]
-    fig, axes = _subplots(
+    fig, axes = new_figure(
         1, 2, figsize=(2 * (0.5 * len(tokens) + 1.5), 0.45 * len(row) + 1.8), squeeze=False
     )
     for ax, (name, values) in zip(
@@ -194,7 +182,7 @@ def query_attention_by_layer(
     fig.colorbar(drawn, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="attention")
     if title:
         fig.suptitle(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def circuit_spectra_plot(spectra: Mapping[str, np.ndarray], *, title: str | None = None, path=None):
@@ -205,7 +193,7 @@ def circuit_spectra_plot(spectra: Mapping[str, np.ndarray], *, title: str | None
     rank ``exp(entropy(s / Σ s))``."""
     if not spectra:
         raise ValueError("spectra is empty")
-    fig, axes = _subplots(1, len(spectra), figsize=(5 * len(spectra), 3.8), squeeze=False)
+    fig, axes = new_figure(1, len(spectra), figsize=(5 * len(spectra), 3.8), squeeze=False)
     for ax, (name, values) in zip(axes[0], spectra.items()):
         values = np.asarray(values, np.float64)
         if values.ndim != 3:
@@ -236,7 +224,7 @@ def circuit_spectra_plot(spectra: Mapping[str, np.ndarray], *, title: str | None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def similarity_by_layer_plot(
@@ -253,7 +241,7 @@ def similarity_by_layer_plot(
     if similarity.ndim != 3 or similarity.shape[1] != similarity.shape[2]:
         raise ValueError(f"similarity must have shape [L+1, S, S], got {similarity.shape}")
     labels = _check_tokens(labels, similarity.shape[1], "labels")
-    fig, ax = _subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     layers = np.arange(similarity.shape[0])
     for i, j in itertools.combinations(range(len(labels)), 2):
         ax.plot(layers, similarity[:, i, j], "o-", label=f"{labels[i]}  vs  {labels[j]}")
@@ -265,7 +253,7 @@ def similarity_by_layer_plot(
     if len(labels) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def save_word_in_context_figures(result, directory) -> list[pathlib.Path]:

@@ -6,21 +6,14 @@ PNG (parent folders created). Made without pyplot, like ``attnjax.viz.attention`
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from attnjax.viz._figures import save_figure
+
 __all__ = ["param_breakdown_plot", "sweep_count_plot"]
-
-
-def _finish(fig: Figure, path) -> Figure:
-    if path is not None:
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    return fig
 
 
 def param_breakdown_plot(report, path=None, title: str | None = None) -> Figure:
@@ -36,7 +29,7 @@ def param_breakdown_plot(report, path=None, title: str | None = None) -> Figure:
         ax.text(categories[name], i, f" {categories[name]:,}", va="center", fontsize=8)
     ax.set_xlabel("parameters")
     ax.set_title(title or f"{report.total:,} parameters ({report.convention})")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_count_plot(
@@ -61,4 +54,4 @@ def sweep_count_plot(
     right.set_ylabel("attention weights / total")
     right.set_ylim(0, 1)
     fig.suptitle(title or f"{value} parameters over heads x layers")
-    return _finish(fig, path)
+    return save_figure(fig, path)

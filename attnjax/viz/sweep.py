@@ -7,11 +7,9 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from attnjax.viz._figures import new_figure, save_figure
 
 __all__ = ["accuracy_heatmap", "metrics_vs_params", "save_sweep_plots"]
 
@@ -34,7 +32,7 @@ def accuracy_heatmap(rows: Sequence[dict[str, Any]], metric: str = "accuracy"):
             grid[layers.index(int(row["layers"])), heads.index(int(row["heads"]))] = _number(
                 row[metric]
             )
-    fig, ax = plt.subplots(figsize=(1.2 * len(heads) + 2, 0.9 * len(layers) + 1.5))
+    fig, ax = new_figure(figsize=(1.2 * len(heads) + 2, 0.9 * len(layers) + 1.5))
     image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         text = "fail" if math.isnan(value) else f"{value:.2f}"
@@ -53,7 +51,7 @@ def accuracy_heatmap(rows: Sequence[dict[str, Any]], metric: str = "accuracy"):
 def metrics_vs_params(rows: Sequence[dict[str, Any]]):
     """Eval loss and accuracy against the parameter total, one marker per layer count."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = new_figure(1, 2, figsize=(10, 4))
     for layers in sorted({int(r["layers"]) for r in ok}):
         points = sorted(
             (r for r in ok if int(r["layers"]) == layers), key=lambda r: _number(r["params_total"])
@@ -86,9 +84,7 @@ def save_sweep_plots(rows: Sequence[dict[str, Any]], directory) -> list[pathlib.
         ("metrics_vs_params", metrics_vs_params),
     )
     for name, make in figures:
-        fig = make(rows)
         path = directory / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(make(rows), path)
         paths.append(path)
     return paths
