@@ -15,7 +15,7 @@ from jaxtyping import Int, Shaped
 
 from attnjax.functional._types import ArrayT
 from attnjax.models.config import ModelConfig
-from attnjax.models.transformer import Embeddings, TransformerBlock, _norm, stack_patterns
+from attnjax.models.transformer import Embeddings, TransformerBlock, _norm, run_blocks
 
 __all__ = ["Encoder", "bert_config"]
 
@@ -91,17 +91,14 @@ class Encoder(nnx.Module):
         positions = jnp.arange(tokens.shape[1])[None]
         x = self.embeddings(tokens, positions, token_types)
         mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
-        hidden, patterns = [x], []
-        for block in self.blocks:
-            out = block(x, mask=mask, positions=positions, return_pattern=return_patterns)
-            x, pattern = out if return_patterns else (out, None)
-            hidden.append(x)
-            patterns.append(pattern)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-            hidden[-1] = x
-        extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
-            (jnp.stack(hidden),) if return_hidden_states else ()
+        x, extras = run_blocks(
+            self.blocks,
+            self.final_norm,
+            x,
+            mask=mask,
+            positions=positions,
+            return_patterns=return_patterns,
+            return_hidden_states=return_hidden_states,
         )
         return (x, *extras) if extras else x
 

@@ -12,7 +12,7 @@ from attnjax.functional._types import ArrayT
 from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
 from attnjax.models.config import ModelConfig
 
-__all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "stack_patterns"]
+__all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "run_blocks", "stack_patterns"]
 
 
 def _norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -157,6 +157,38 @@ def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
     return jnp.stack(patterns)
 
 
+def run_blocks(
+    blocks,
+    final_norm,
+    x: Float[ArrayT, "B T D"],
+    *,
+    mask=None,
+    bias=None,
+    positions=None,
+    return_patterns: bool = False,
+    return_hidden_states: bool = False,
+):
+    """``x`` through every block, then ``final_norm`` (if any).
+
+    Returns ``(x, extras)``: ``extras`` holds the patterns [L, B, N, T, S] if asked, then the
+    hidden states [L+1, B, T, D] (after the embeddings and after each block; the last one after
+    the final norm) if asked.
+    """
+    hidden, patterns = [x], []
+    for block in blocks:
+        out = block(x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns)
+        x, pattern = out if return_patterns else (out, None)
+        hidden.append(x)
+        patterns.append(pattern)
+    if final_norm is not None:
+        x = final_norm(x)
+        hidden[-1] = x
+    extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
+        (jnp.stack(hidden),) if return_hidden_states else ()
+    )
+    return x, extras
+
+
 class DecoderLM(nnx.Module):
     """Decoder-only language model: embeddings, L pre-LN blocks, final norm, unembedding.
 
@@ -211,21 +243,17 @@ class DecoderLM(nnx.Module):
             positions = jnp.arange(length)[None]
         x = self.embeddings(tokens, positions)
         bias = self._alibi(length, length, 0)
-        hidden, patterns = [x], []
-        for block in self.blocks:
-            out = block(
-                x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns
-            )
-            x, pattern = out if return_patterns else (out, None)
-            hidden.append(x)
-            patterns.append(pattern)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-            hidden[-1] = x
-        logits = self._unembed(x)
-        extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
-            (jnp.stack(hidden),) if return_hidden_states else ()
+        x, extras = run_blocks(
+            self.blocks,
+            self.final_norm,
+            x,
+            mask=mask,
+            bias=bias,
+            positions=positions,
+            return_patterns=return_patterns,
+            return_hidden_states=return_hidden_states,
         )
+        logits = self._unembed(x)
         return (logits, *extras) if extras else logits
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> tuple[KVCache, ...]:
