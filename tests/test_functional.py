@@ -321,11 +321,181 @@ def test_bad_inputs_name_the_argument(key):
         attnjax.dot_product_attention(q, k, v[..., :3], implementation="xla")
     with pytest.raises(ValueError, match="return_pattern"):
         attnjax.dot_product_attention(q, k, v, implementation="xla", return_pattern=True)
-    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
-        attnjax.dot_product_attention(q, k, v, implementation="cudnn")
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):  # a call cudnn would support
+        attnjax.dot_product_attention(*qkv(key, dtype=jnp.bfloat16), implementation="cudnn")
     with pytest.raises(ValueError, match="query must have shape"):
         attnjax.dot_product_attention(q[0, 0], k, v)
     with pytest.raises(ValueError, match="local_window_size"):
         attnjax.dot_product_attention(q, k, v, local_window_size=(-1, 2))
     with pytest.raises(ValueError, match="dropout_rng"):
         attnjax.dot_product_attention(q, k, v, dropout_rate=0.1)
+
+
+@pytest.fixture
+def without_jaxtyping(monkeypatch):
+    """Run the library as users do, without the runtime type checks pytest turns on."""
+    import jaxtyping
+
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
+
+
+@pytest.mark.parametrize("name", ["query_seq_lengths", "key_value_seq_lengths"])
+def test_seq_lengths_must_have_one_entry_per_example(key, name):
+    q, k, v = qkv(key)  # B = 2
+    with pytest.raises(
+        ValueError, match=rf"{name} must have shape \[B\] = \[2\], got shape \(3,\)"
+    ):
+        attnjax.dot_product_attention(q, k, v, **{name: jnp.array([1, 2, 3])})
+
+
+def test_seq_lengths_must_be_integers(key, without_jaxtyping):
+    q, k, v = qkv(key)
+    with pytest.raises(
+        ValueError, match=r"query_seq_lengths must have shape \[B\] = \[2\], got shape \(\)"
+    ):
+        attnjax.dot_product_attention(q, k, v, query_seq_lengths=jnp.array(3))
+    with pytest.raises(ValueError, match="key_value_seq_lengths must be integers"):
+        attnjax.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.array([2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"query_lengths must have shape \[B\] = \[1\]"):
+        F.padding_mask(jnp.array([2]), 3, query_lengths=jnp.array([1, 2]), query_length=2)
+
+
+def test_numpy_integer_sizes_are_ints(key):
+    np.testing.assert_array_equal(F.causal_mask(np.int64(5)), F.causal_mask(5))
+    np.testing.assert_array_equal(
+        F.sliding_window_mask(np.int32(4), np.int64(6), (np.int64(2), np.int32(1))),
+        F.sliding_window_mask(4, 6, (2, 1)),
+    )
+    np.testing.assert_array_equal(
+        F.padding_mask(np.array([2, 3]), np.int64(4)), F.padding_mask(np.array([2, 3]), 4)
+    )
+    np.testing.assert_array_equal(F.alibi_bias(np.int64(4), np.int64(3)), F.alibi_bias(4, 3))
+    np.testing.assert_array_equal(
+        F.sinusoidal_embedding(jnp.arange(3), np.int64(6)), F.sinusoidal_embedding(jnp.arange(3), 6)
+    )
+    q, k, v = qkv(key)
+    want = attnjax.dot_product_attention(q, k, v, local_window_size=2, implementation="einsum")
+    got = attnjax.dot_product_attention(
+        q, k, v, local_window_size=np.int64(2), implementation="einsum"
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("window", [2.0, np.float32(2), True, (2, 1.5), (np.bool_(True), 1)])
+def test_non_integer_windows_are_rejected(key, without_jaxtyping, window):
+    q, k, v = qkv(key)
+    with pytest.raises(ValueError, match="local_window_size must be an int, got"):
+        attnjax.dot_product_attention(q, k, v, local_window_size=window)
+
+
+def test_non_integer_sizes_are_rejected(without_jaxtyping):
+    with pytest.raises(ValueError, match=r"query_length must be an int, got 5\.0"):
+        F.causal_mask(5.0)
+    with pytest.raises(ValueError, match="key_length must be a positive int, got 0"):
+        F.sliding_window_mask(3, np.int64(0), 1)
+    with pytest.raises(ValueError, match="num_heads must be an int"):
+        F.alibi_slopes(8.0)
+    with pytest.raises(ValueError, match="dim must be an int"):
+        F.sinusoidal_embedding(jnp.arange(3), 6.0)
+
+
+def test_single_head_functions_name_mismatched_arguments(key, without_jaxtyping):
+    kq, kk = jax.random.split(key)
+    q, k = jax.random.normal(kq, (4, 8)), jax.random.normal(kk, (5, 6))
+    with pytest.raises(ValueError, match=r"q \(4, 8\) and k \(5, 6\) must have the same width H"):
+        F.attention_scores(q, k)
+    with pytest.raises(ValueError, match=r"k must have shape \[S H\], got shape \(1, 5, 8\)"):
+        F.attention_scores(q, k[None, :, :2].repeat(4, -1))
+    scores = F.attention_scores(q, jax.random.normal(kk, (5, 8)))
+    with pytest.raises(ValueError, match=r"mask of shape \(4, 4\) is not broadcastable .*\[4, 5\]"):
+        F.attention_pattern(scores, jnp.ones((4, 4), bool))
+    with pytest.raises(ValueError, match=r"bias of shape \(5, 4\) is not broadcastable .*\[4, 5\]"):
+        F.attention_pattern(scores, bias=jax.random.normal(kq, (5, 4)))
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        F.attention_pattern(scores, jnp.ones((4, 5)))
+    pattern = F.attention_pattern(scores)
+    with pytest.raises(ValueError, match=r"pattern \(4, 5\) has S=5 keys but v \(6, 3\) has S=6"):
+        F.attend(pattern, jax.random.normal(kk, (6, 3)))
+
+
+# ---- cuDNN: restrictions checked before jax (or a GPU) sees the call ----------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kwargs", "message"),
+    [
+        (dict(dtype=jnp.float32), {}, "query dtype float32 .cudnn supports float16 and bfloat16"),
+        (dict(width=12), {}, "head width H=12 .* multiple of 8, at most 256"),
+        (dict(width=264), {}, "head width H=264 .* multiple of 8, at most 256"),
+        ({}, dict(local_window_size=(2, 1)), r"local_window_size=\(2, 1\) with is_causal=False"),
+        ({}, dict(local_window_size=3), r"local_window_size=\(3, 3\) with is_causal=False"),
+    ],
+)
+def test_cudnn_restrictions_are_checked_before_jax(key, overrides, kwargs, message):
+    q, k, v = qkv(key, **{"dtype": jnp.bfloat16, **overrides})
+    with pytest.raises(ValueError, match=f"implementation='cudnn' does not support .*{message}"):
+        attnjax.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
+
+
+def test_jax_nn_paths_need_one_dtype(key):
+    q, k, v = qkv(key)
+    for impl in ("xla", "cudnn"):
+        with pytest.raises(ValueError, match="query, key and value dtypes differ"):
+            attnjax.dot_product_attention(q, k, v.astype(jnp.bfloat16), implementation=impl)
+    out = attnjax.dot_product_attention(q, k, v.astype(jnp.bfloat16))  # None falls back
+    expected, _ = numpy_attention(q, k, v)
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.fixture
+def cudnn_via_xla(monkeypatch):
+    """Pretend to be on a GPU and run each cudnn call through jax.nn's XLA implementation.
+
+    This checks the arguments attnjax hands to cudnn against jax.nn's own semantics; what
+    cudnn's kernels do with them is only checked on a GPU.
+    """
+    real, calls = jax.nn.dot_product_attention, []
+
+    def fake(query, key, value, bias, mask, *, implementation, **kwargs):
+        assert implementation == "cudnn"
+        calls.append(dict(bias=bias, mask=mask, **kwargs))
+        return real(query, key, value, bias, mask, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(local_window_size=(2, 1), is_causal=True, key_value_seq_lengths=jnp.array([7, 4])),
+        dict(local_window_size=(2, 0)),
+        dict(is_causal=True, query_seq_lengths=np.array([5, 3], np.int64)),
+    ],
+)
+def test_cudnn_gets_arguments_it_supports(key, cudnn_via_xla, kwargs):
+    q, k, v = qkv(key, dtype=jnp.bfloat16)
+    bias = jax.random.normal(jax.random.fold_in(key, 5), (1, 4, 1, 7))  # broadcast over T
+    mask = random_mask(jax.random.fold_in(key, 6), (2, 1, 1, 7), 0.8)
+    out = attnjax.dot_product_attention(q, k, v, bias, mask, implementation="cudnn", **kwargs)
+    want = attnjax.dot_product_attention(q, k, v, bias, mask, implementation="vmap", **kwargs)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want.astype(jnp.float32), atol=3e-2)
+    (call,) = cudnn_via_xla
+    window = call["local_window_size"]
+    assert window is None or (window[1] == 0 and call["is_causal"])
+    assert call["mask"].shape[-2:] == (5, 7) and call["bias"].shape[-2:] == (5, 7)
+    assert call["bias"].dtype == jnp.bfloat16
+    for name in ("query_seq_lengths", "key_value_seq_lengths"):
+        assert call[name] is None or call[name].dtype == jnp.int32
+
+
+def test_cudnn_errors_that_need_the_gpu_name_the_implementation(key, monkeypatch):
+    def fake(*args, **kwargs):
+        raise NotImplementedError("Unsupported sequence length Q 5, KV 7.")
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    q, k, v = qkv(key, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="implementation='cudnn' does not support .*Q 5, KV 7"):
+        attnjax.dot_product_attention(q, k, v, implementation="cudnn")

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Bool, Float, Int, Shaped
 
 from attnjax.functional import masks as masks_lib
+from attnjax.functional._checks import per_example_lengths
 from attnjax.functional._types import ArrayT, Scalar
 
 __all__ = [
@@ -58,6 +59,12 @@ def attention_scores(
 
     Accumulated and returned in float32 whatever the input dtype.
     """
+    _check_matrices(("q", q, "T H"), ("k", k, "S H"))
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"q {q.shape} and k {k.shape} must have the same width H, got {q.shape[1]} vs "
+            f"{k.shape[1]}"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return jnp.einsum("TH,SH->TS", q, k, preferred_element_type=jnp.float32) * scale
 
@@ -87,6 +94,9 @@ def attention_pattern(
     Computed in float32 whatever the input dtype; each row sums to 1, or is all zeros when
     ``mask`` allows no key in that row.
     """
+    _check_matrices(("scores", scores, "T S"))
+    _check_fits_scores("mask", mask, scores.shape, boolean=True)
+    _check_fits_scores("bias", bias, scores.shape, boolean=False)
     scores = scores.astype(jnp.float32)
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
@@ -95,6 +105,12 @@ def attention_pattern(
 
 def attend(pattern: Float[ArrayT, "T S"], v: Float[ArrayT, "S R"]) -> Float[ArrayT, "T R"]:
     """Move values by the pattern: each output row is a weighted mean of value rows."""
+    _check_matrices(("pattern", pattern, "T S"), ("v", v, "S R"))
+    if pattern.shape[1] != v.shape[0]:
+        raise ValueError(
+            f"pattern {pattern.shape} has S={pattern.shape[1]} keys but v {v.shape} has "
+            f"S={v.shape[0]} rows"
+        )
     return jnp.einsum("TS,SR->TR", pattern.astype(v.dtype), v)
 
 
@@ -117,6 +133,26 @@ def single_head_attention(
     return attend(moved, v), pattern
 
 
+def _check_matrices(*named) -> None:
+    for name, x, letters in named:
+        if jnp.ndim(x) != 2:
+            raise ValueError(f"{name} must have shape [{letters}], got shape {jnp.shape(x)}")
+
+
+def _check_fits_scores(name, x, scores_shape, *, boolean: bool) -> None:
+    if x is None:
+        return
+    if boolean and jnp.result_type(x) != jnp.bool_:
+        raise ValueError(
+            f"{name} must be boolean (True = may attend), got dtype {jnp.result_type(x)}"
+        )
+    shape = jnp.shape(x)
+    if len(shape) > 2 or any(d not in (1, t) for d, t in zip(shape[::-1], scores_shape[::-1])):
+        raise ValueError(
+            f"{name} of shape {shape} is not broadcastable to scores [T, S] = {list(scores_shape)}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Batched, multi-head, grouped-query.
 # --------------------------------------------------------------------------------------------
@@ -135,7 +171,7 @@ def dot_product_attention(
     is_causal: bool = False,
     query_seq_lengths: Int[ArrayT, " B"] | None = None,
     key_value_seq_lengths: Int[ArrayT, " B"] | None = None,
-    local_window_size: int | tuple[int, int] | None = None,
+    local_window_size: masks_lib.Window | None = None,
     implementation: str | None = None,
     return_pattern: bool = False,
     dropout_rate: float = 0.0,
@@ -158,8 +194,11 @@ def dot_product_attention(
         ``[i - left, i + right]``.
       implementation: ``"vmap"`` (the reference: the single-head function vmapped over heads
         and batch), ``"einsum"``, ``"xla"`` or ``"cudnn"`` (both through
-        ``jax.nn.dot_product_attention``; they need R == H, no dropout and no returned
-        pattern). ``None`` takes ``"xla"`` where it supports the call, else ``"einsum"``.
+        ``jax.nn.dot_product_attention``; they need R == H, one dtype for query, key and value,
+        no dropout and no returned pattern). ``None`` takes ``"xla"`` where it supports the
+        call, else ``"einsum"``. ``"cudnn"`` also needs an NVIDIA GPU, float16 or bfloat16
+        inputs, H a multiple of 8 and at most 256 (128 before Hopper), and a window that looks
+        only left (``(left, 0)``) unless ``is_causal``; other calls raise ``ValueError``.
       return_pattern: also return the pattern ``[B, N, T, S]`` (float32, before dropout).
       dropout_rate, dropout_rng: dropout on the pattern (vmap/einsum only).
 
@@ -174,6 +213,12 @@ def dot_product_attention(
     batch, q_len, num_heads, _ = query.shape
     k_len = key.shape[1]
     _check_qkv_shapes(query, key, value)
+    if query_seq_lengths is not None:
+        query_seq_lengths = per_example_lengths("query_seq_lengths", query_seq_lengths, batch)
+    if key_value_seq_lengths is not None:
+        key_value_seq_lengths = per_example_lengths(
+            "key_value_seq_lengths", key_value_seq_lengths, batch
+        )
     target = (batch, num_heads, q_len, k_len)
     mask = _check_broadcastable("mask", mask, target, boolean=True)
     bias = _check_broadcastable("bias", bias, target, boolean=False)
@@ -181,10 +226,15 @@ def dot_product_attention(
         mask = masks_lib.combine_masks(mask, bias > -jnp.inf)
         bias = jnp.where(bias > -jnp.inf, bias, 0.0)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    implementation = _choose_implementation(
-        implementation, query, value, return_pattern=return_pattern, dropout_rate=dropout_rate
-    )
     window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
+    implementation = _choose_implementation(
+        implementation,
+        (query, key, value),
+        window=window,
+        is_causal=is_causal,
+        return_pattern=return_pattern,
+        dropout_rate=dropout_rate,
+    )
     combined = _combined_mask(
         mask, is_causal, window, query_seq_lengths, key_value_seq_lengths, q_len, k_len
     )
@@ -265,38 +315,78 @@ def _check_broadcastable(name, x, target, *, boolean: bool):
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
 
 
-def _choose_implementation(implementation, query, value, *, return_pattern, dropout_rate):
+def _choose_implementation(implementation, qkv, *, window, is_causal, return_pattern, dropout_rate):
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation={implementation!r} is unknown; choose one of {IMPLEMENTATIONS}"
         )
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    unsupported = _jax_nn_unsupported(query, value, return_pattern, dropout_rate)
+    unsupported = _jax_nn_unsupported(*qkv, return_pattern, dropout_rate)
     if implementation is None:
         return "einsum" if unsupported else "xla"
-    if implementation in _NEEDS_JAX_NN:
-        if unsupported:
-            raise ValueError(
-                f"implementation={implementation!r} does not support this call: {unsupported}; "
-                "use implementation='einsum' or 'vmap'"
-            )
-        if implementation == "cudnn" and jax.default_backend() != "gpu":
-            raise ValueError(
-                "implementation='cudnn' needs an NVIDIA GPU, but the default backend is "
-                f"{jax.default_backend()!r}"
-            )
+    if implementation == "cudnn" and not unsupported:
+        unsupported = _cudnn_unsupported(qkv[0], window, is_causal)
+    if implementation in _NEEDS_JAX_NN and unsupported:
+        others = "'xla', 'einsum' or 'vmap'" if implementation == "cudnn" else "'einsum' or 'vmap'"
+        raise ValueError(
+            f"implementation={implementation!r} does not support this call: {unsupported}; "
+            f"use implementation={others}"
+        )
+    if implementation == "cudnn":
+        _check_cudnn_device(qkv[0])
     return implementation
 
 
-def _jax_nn_unsupported(query, value, return_pattern, dropout_rate) -> str:
+def _jax_nn_unsupported(query, key, value, return_pattern, dropout_rate) -> str:
     if return_pattern:
         return "return_pattern=True (jax.nn does not expose the pattern)"
     if dropout_rate > 0:
         return "dropout_rate > 0"
     if value.shape[-1] != query.shape[-1]:
         return f"value width R={value.shape[-1]} differs from query/key width H={query.shape[-1]}"
+    if not query.dtype == key.dtype == value.dtype:
+        return f"query, key and value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype})"
     return ""
+
+
+# The restrictions of jax.nn.dot_product_attention(implementation="cudnn") (jax/_src/nn/
+# functions.py, jax/_src/cudnn/fused_attention_stablehlo.py), checked before jax sees the call.
+_CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
+_CUDNN_MAX_HEAD_WIDTH = 256  # 128 before Hopper (compute capability 9.0)
+
+
+def _cudnn_unsupported(query, window, is_causal) -> str:
+    width = query.shape[-1]
+    if query.dtype not in _CUDNN_DTYPES:
+        return f"query dtype {query.dtype} (cudnn supports float16 and bfloat16)"
+    if width % 8 or width > _CUDNN_MAX_HEAD_WIDTH:
+        return (
+            f"head width H={width} (query {query.shape}); cudnn needs a multiple of 8, "
+            f"at most {_CUDNN_MAX_HEAD_WIDTH} (128 before Hopper)"
+        )
+    if window is not None and window[1] > 0 and not is_causal:
+        return (
+            f"local_window_size={window} with is_causal=False (cudnn supports left windows "
+            "(left, 0), or any window together with is_causal=True)"
+        )
+    return ""
+
+
+def _check_cudnn_device(query) -> None:
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            "implementation='cudnn' needs an NVIDIA GPU, but the default backend is "
+            f"{jax.default_backend()!r}"
+        )
+    capability = getattr(jax.devices()[0], "compute_capability", "9.0")
+    before_hopper = tuple(int(x) for x in str(capability).split(".")[:2]) < (9, 0)
+    if before_hopper and query.shape[-1] > 128:
+        raise ValueError(
+            f"implementation='cudnn' does not support head width H={query.shape[-1]} on a GPU "
+            f"of compute capability {capability} (at most 128 before Hopper); "
+            "use implementation='xla'"
+        )
 
 
 def _combined_mask(mask, is_causal, window, q_lengths, kv_lengths, q_len, k_len):
@@ -376,13 +466,46 @@ def _einsum_attention(query, key, value, bias, mask, scale, keep):
 
 
 def _jax_nn_attention(query, key, value, bias, combined, scale, implementation, native):
-    # cudnn builds causal/padding/window masks itself, without a [T, S] tensor.
-    kwargs = dict(mask=combined) if implementation == "xla" else native
-    out = jax.nn.dot_product_attention(
-        query, key, value, bias, scale=scale, implementation=implementation, **kwargs
-    )
+    if implementation == "xla":
+        out = jax.nn.dot_product_attention(
+            query, key, value, bias, mask=combined, scale=scale, implementation="xla"
+        )
+    else:
+        out = _cudnn_attention(query, key, value, bias, scale, **native)
     if combined is None:
         return out
     # jax.nn averages all values for a row with no allowed key; define it as zeros.
     row_has_keys = jnp.any(combined, axis=-1)  # [b, n, T]
     return jnp.where(jnp.swapaxes(row_has_keys, 1, 2)[..., None], out, 0).astype(out.dtype)
+
+
+def _cudnn_attention(
+    query, key, value, bias, scale, *, mask, is_causal, local_window_size, **lengths
+):
+    """cudnn builds causal/padding/window masks itself, without a [T, S] tensor."""
+    if local_window_size is not None:
+        # cudnn takes left windows only; with is_causal any right part is masked anyway, and
+        # a (left, 0) window already implies causal, so pass both as causal + (left, 0).
+        is_causal, local_window_size = True, (local_window_size[0], 0)
+    full = (query.shape[1], key.shape[1])  # cudnn needs mask and bias with full [T, S] axes
+    bias = None if bias is None else bias.astype(query.dtype)
+    mask, bias = (
+        None if x is None else jnp.broadcast_to(x, x.shape[:2] + full) for x in (mask, bias)
+    )
+    try:
+        return jax.nn.dot_product_attention(
+            query,
+            key,
+            value,
+            bias,
+            mask,
+            scale=scale,
+            is_causal=is_causal,
+            local_window_size=local_window_size,
+            implementation="cudnn",
+            **lengths,
+        )
+    except NotImplementedError as error:  # checks that need the GPU (e.g. odd T, S with bias)
+        raise ValueError(
+            f"implementation='cudnn' does not support this call: {error}; use implementation='xla'"
+        ) from error

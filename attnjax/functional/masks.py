@@ -11,6 +11,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
+from attnjax.functional._checks import as_int, per_example_lengths
+from attnjax.functional._types import ArrayT, IntLike
+
+# local_window_size: one int (symmetric) or a (left, right) pair.
+Window = IntLike | tuple[IntLike, IntLike]
+Offset = IntLike | ArrayT
+
 __all__ = [
     "causal_mask",
     "combine_masks",
@@ -20,12 +27,12 @@ __all__ = [
 ]
 
 
-def _positions(length: int, offset: int | Array = 0) -> Array:
+def _positions(length: int, offset: Offset = 0) -> Array:
     return jnp.arange(length) + offset
 
 
 def causal_mask(
-    query_length: int, key_length: int | None = None, *, offset: int | Array = 0
+    query_length: IntLike, key_length: IntLike | None = None, *, offset: Offset = 0
 ) -> Bool[Array, "1 1 T S"]:
     """Query ``i`` sees keys ``j <= i + offset``.
 
@@ -33,20 +40,18 @@ def causal_mask(
     When queries continue a cached prefix of ``offset`` tokens, pass that offset so that query
     ``i`` (absolute position ``offset + i``) sees the whole prefix and itself.
     """
-    key_length = query_length if key_length is None else key_length
-    _check_length("query_length", query_length)
-    _check_length("key_length", key_length)
+    query_length, key_length = _lengths(query_length, key_length)
     query_pos = _positions(query_length, offset)
     key_pos = _positions(key_length)
     return (key_pos[None, :] <= query_pos[:, None])[None, None]
 
 
 def sliding_window_mask(
-    query_length: int,
-    key_length: int | None = None,
-    window: int | tuple[int, int] = 0,
+    query_length: IntLike,
+    key_length: IntLike | None = None,
+    window: Window = 0,
     *,
-    offset: int | Array = 0,
+    offset: Offset = 0,
 ) -> Bool[Array, "1 1 T S"]:
     """Query ``i`` sees keys ``j`` with ``i - left <= j <= i + right``.
 
@@ -54,7 +59,7 @@ def sliding_window_mask(
     ``local_window_size`` in ``jax.nn.dot_product_attention``. Combine with ``causal_mask``
     (or use ``right=0``) for causal local attention.
     """
-    key_length = query_length if key_length is None else key_length
+    query_length, key_length = _lengths(query_length, key_length)
     left, right = normalize_window(window)
     query_pos = _positions(query_length, offset)[:, None]
     key_pos = _positions(key_length)[None, :]
@@ -62,34 +67,34 @@ def sliding_window_mask(
 
 
 def padding_mask(
-    key_lengths: Int[Array, " B"],
-    key_length: int,
+    key_lengths: Int[ArrayT, " B"],
+    key_length: IntLike,
     *,
-    query_lengths: Int[Array, " B"] | None = None,
-    query_length: int | None = None,
+    query_lengths: Int[ArrayT, " B"] | None = None,
+    query_length: IntLike | None = None,
 ) -> Bool[Array, "B 1 T S"]:
     """Keys at positions ``>= key_lengths[b]`` are padding and are never attended to.
 
     With ``query_lengths`` (and ``query_length``) padded query rows are masked too; their
     attention output is then defined as zeros.
     """
-    key_lengths = jnp.asarray(key_lengths)
-    if key_lengths.ndim != 1:
-        raise ValueError(f"key_lengths must have shape [B], got shape {key_lengths.shape}")
+    key_lengths = per_example_lengths("key_lengths", key_lengths)
+    key_length = as_int("key_length", key_length, minimum=1)
     key_ok = jnp.arange(key_length)[None, :] < key_lengths[:, None]  # [B, S]
     mask = key_ok[:, None, None, :]
     if query_lengths is None:
         return mask
     if query_length is None:
         raise ValueError("query_length is required when query_lengths is given")
-    query_lengths = jnp.asarray(query_lengths)
+    query_lengths = per_example_lengths("query_lengths", query_lengths, batch=len(key_lengths))
+    query_length = as_int("query_length", query_length, minimum=1)
     query_ok = jnp.arange(query_length)[None, :] < query_lengths[:, None]  # [B, T]
     return mask & query_ok[:, None, :, None]
 
 
 def segment_mask(
-    query_segment_ids: Int[Array, "B T"],
-    key_segment_ids: Int[Array, "B S"] | None = None,
+    query_segment_ids: Int[ArrayT, "B T"],
+    key_segment_ids: Int[ArrayT, "B S"] | None = None,
 ) -> Bool[Array, "B 1 T S"]:
     """Packed sequences: a query sees only keys of the same segment id.
 
@@ -107,7 +112,7 @@ def segment_mask(
     return same[:, None]
 
 
-def combine_masks(*masks: Bool[Array, ...] | None) -> Bool[Array, ...] | None:
+def combine_masks(*masks: Bool[ArrayT, ...] | None) -> Bool[Array, ...] | None:
     """Logical AND of masks (``None`` entries are ignored; all ``None`` gives ``None``)."""
     present = [jnp.asarray(m, dtype=bool) for m in masks if m is not None]
     if not present:
@@ -118,17 +123,17 @@ def combine_masks(*masks: Bool[Array, ...] | None) -> Bool[Array, ...] | None:
     return combined
 
 
-def normalize_window(window: int | tuple[int, int]) -> tuple[int, int]:
+def normalize_window(window: Window) -> tuple[int, int]:
     """``int`` → symmetric ``(w, w)``; a pair is checked for non-negative ints."""
-    if isinstance(window, int):
-        window = (window, window)
-    if len(window) != 2 or any(not isinstance(w, int) or w < 0 for w in window):
+    pair = window if isinstance(window, tuple | list) else (window, window)
+    if len(pair) != 2:
         raise ValueError(
-            f"local_window_size must be a non-negative int or a (left, right) pair, got {window}"
+            f"local_window_size must be a non-negative int or a (left, right) pair, got {window!r}"
         )
-    return tuple(window)
+    return tuple(as_int("local_window_size", w, minimum=0) for w in pair)
 
 
-def _check_length(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _lengths(query_length, key_length) -> tuple[int, int]:
+    query_length = as_int("query_length", query_length, minimum=1)
+    key_length = query_length if key_length is None else key_length
+    return query_length, as_int("key_length", key_length, minimum=1)

@@ -7,18 +7,20 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Float, Int
 
-from attnjax.functional._types import ArrayT
+from attnjax.functional._checks import as_int
+from attnjax.functional._types import ArrayT, IntLike
 
 __all__ = ["alibi_bias", "alibi_slopes", "apply_rope", "sinusoidal_embedding"]
 
 
 def sinusoidal_embedding(
-    positions: Int[ArrayT, "*T"], dim: int, *, base: float = 10_000.0
+    positions: Int[ArrayT, "*T"], dim: IntLike, *, base: float = 10_000.0
 ) -> Float[ArrayT, "*T D"]:
     """Fixed sin/cos position vectors of "Attention Is All You Need" (sin on even channels).
 
     ``PE[p, 2i] = sin(p / base^(2i/D))``, ``PE[p, 2i+1] = cos(p / base^(2i/D))``.
     """
+    dim = as_int("dim", dim)
     if dim < 2 or dim % 2:
         raise ValueError(f"dim must be a positive even int, got {dim}")
     positions = jnp.asarray(positions, dtype=jnp.float32)
@@ -50,13 +52,12 @@ def apply_rope(
     return rotated.astype(x.dtype)
 
 
-def alibi_slopes(num_heads: int) -> Float[ArrayT, " N"]:
+def alibi_slopes(num_heads: IntLike) -> Float[ArrayT, " N"]:
     """Head-specific slopes of ALiBi (Press et al. 2022): a geometric sequence from 2^(-8/N).
 
     For a head count that is not a power of two, the paper's interleaving rule is used.
     """
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be positive, got {num_heads}")
+    num_heads = as_int("num_heads", num_heads, minimum=1)
 
     def power_of_two_slopes(n: int) -> list[float]:
         start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
@@ -70,13 +71,18 @@ def alibi_slopes(num_heads: int) -> Float[ArrayT, " N"]:
 
 
 def alibi_bias(
-    num_heads: int, query_length: int, key_length: int | None = None, *, offset: int | ArrayT = 0
+    num_heads: IntLike,
+    query_length: IntLike,
+    key_length: IntLike | None = None,
+    *,
+    offset: IntLike | ArrayT = 0,
 ) -> Float[ArrayT, "1 N T S"]:
     """ALiBi bias ``-slope_n · |i + offset - j|``, to pass as ``bias=`` to attention.
 
     With a causal mask this is the paper's bias; without one it penalises distance both ways.
     """
-    key_length = query_length if key_length is None else key_length
+    query_length = as_int("query_length", query_length, minimum=1)
+    key_length = as_int("key_length", query_length if key_length is None else key_length, minimum=1)
     query_pos = jnp.arange(query_length)[:, None] + offset
     key_pos = jnp.arange(key_length)[None, :]
     distance = jnp.abs(query_pos - key_pos).astype(jnp.float32)  # [T, S]
