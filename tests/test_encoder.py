@@ -216,3 +216,19 @@ def test_encoder_errors_name_the_argument(model, key):
     no_types = random_encoder(seed=0, type_vocab_size=0)
     with pytest.raises(ValueError, match="type_vocab_size=0"):
         no_types(tokens, token_types=jnp.zeros_like(tokens))
+
+
+def test_encoder_rejects_out_of_range_ids_eagerly_and_under_jit(model, key):
+    tokens, types, mask = random_batch(key, model.config.vocab_size)
+    vocab = r"tokens must be in \[0, vocab_size=50\), got "
+    with pytest.raises(ValueError, match=vocab + "50"):
+        model(tokens.at[0, 2].set(50), token_types=types)
+    with pytest.raises(ValueError, match=vocab + "-3"):
+        model(tokens.at[1, 0].set(-3))
+    with pytest.raises(ValueError, match=r"token_types must be in \[0, type_vocab_size=2\), got 2"):
+        model(tokens, token_types=types.at[1, 1].set(2))
+    run = jitted(model)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=vocab + "50"):
+        jax.block_until_ready(run(tokens.at[0, 2].set(50), token_types=types))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"token_types must be .* got -1"):
+        jax.block_until_ready(run(tokens, token_types=types.at[0, 0].set(-1)))

@@ -2,12 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 from flax import nnx
 
 from attnjax import functional as F
 from attnjax.layers import MLP, MultiHeadAttention, make_norm
+from attnjax.layers._checks import error_if
 
 
 def test_matches_flax_multi_head_attention_with_copied_weights(key):
@@ -138,3 +140,60 @@ def test_layer_output_matches_functional_reference(key):
     np.testing.assert_allclose(
         mha(x), jnp.einsum("BTNR,NRD->BTD", out, mha.value_up[...]), atol=1e-5
     )
+
+
+def test_error_if_raises_eagerly_under_jit_grad_and_vmap(key):
+    def checked(x):
+        error_if(x > 2.0, lambda top: f"x must be <= 2, got {np.max(top):.1f}", jnp.max(x))
+        return jnp.sum(jnp.sin(x))
+
+    x = jax.random.uniform(key, (3,))  # in [0, 1): passes
+    with pytest.raises(ValueError, match="x must be <= 2, got 5.0"):
+        checked(x.at[1].set(5.0))
+    np.testing.assert_allclose(jax.jit(jax.grad(checked))(x), jnp.cos(x), atol=1e-6)
+    for transform in (jax.jit, lambda f: jax.jit(jax.grad(f))):
+        with pytest.raises(jax.errors.JaxRuntimeError, match="x must be <= 2, got 5.0"):
+            jax.block_until_ready(transform(checked)(x.at[1].set(5.0)))
+    # Under vmap the cond runs both branches: a passing batch must not raise.
+    rows = jax.random.uniform(key, (4, 3))
+    np.testing.assert_allclose(jax.jit(jax.vmap(checked))(rows), jnp.sin(rows).sum(1), atol=1e-6)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="got 5.0"):
+        jax.block_until_ready(jax.jit(jax.vmap(checked))(rows.at[2, 0].set(5.0)))
+
+
+def test_positions_shape_is_checked(key, monkeypatch):
+    mha = MultiHeadAttention(16, 4, rope=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(key, (2, 3, 16))
+    # Under pytest jaxtyping may reject a mismatched T first (a TypeError naming it).
+    with pytest.raises((ValueError, TypeError), match="positions"):
+        mha(x, positions=jnp.arange(4)[None])
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)  # as a user runs it
+    for bad in (jnp.arange(4)[None], jnp.arange(3), jnp.zeros((3, 3), int)):
+        with pytest.raises(ValueError, match=r"positions must have shape \[B=2, T=3\]"):
+            mha(x, positions=bad)
+    np.testing.assert_allclose(mha(x, positions=jnp.arange(3)[None]), mha(x), atol=1e-6)
+
+
+def test_sizes_reject_bools_and_rope_base_must_be_positive():
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got True"):
+        MultiHeadAttention(16, True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="head_dim must be a positive int, got True"):
+        MultiHeadAttention(16, 2, head_dim=True, rngs=nnx.Rngs(0))
+    for base in (0.0, -10.0, float("nan")):
+        with pytest.raises(ValueError, match="rope_base must be a positive finite number"):
+            MultiHeadAttention(16, 2, rope=True, rope_base=base, rngs=nnx.Rngs(0))
+
+
+def test_cache_batch_size_and_overflow_under_jit(key):
+    mha = MultiHeadAttention(16, 4, num_kv_heads=2, is_causal=True, rope=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(key, (1, 5, 16))
+    with pytest.raises(
+        ValueError, match="cache holds batch_size=1 sequences, the input has batch size 2"
+    ):
+        mha(jnp.concatenate([x, x])[:, :2], cache=mha.init_cache(1, 4))
+    _, cache = mha(x[:, :3], cache=mha.init_cache(1, 4))
+    step = nnx.jit(lambda mha, x, cache: mha(x, cache=cache))
+    y, full = step(mha, x[:, 3:4], cache)  # the last free slot: fine
+    assert int(full.length) == 4 and bool(jnp.all(jnp.isfinite(y)))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"cache overflow: 4 cached \+ 1 new"):
+        jax.block_until_ready(step(mha, x[:, 4:5], full))

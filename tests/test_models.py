@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import ml_collections
 import numpy as np
 import pytest
@@ -128,3 +129,93 @@ def test_tree_mode_split_merge_and_jit(key):
     np.testing.assert_array_equal(nnx.merge(graphdef, state)(tokens), model(tokens))
     forward = nnx.jit(lambda m, t: m(t), graph=False)
     np.testing.assert_allclose(forward(model, tokens), model(tokens), atol=1e-6)
+
+
+def test_out_of_range_ids_raise_eagerly_and_under_jit_grad_vmap(key):
+    model = DecoderLM(ModelConfig(**{**TINY, "num_layers": 1}), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(key, (2, 6), 0, 40)
+    vocab = r"tokens must be in \[0, vocab_size=40\), got "
+    for bad, value in ((40, "40"), (-1, "-1")):
+        with pytest.raises(ValueError, match=vocab + value):
+            model(tokens.at[1, 3].set(bad))
+    late = jnp.arange(11, 17)[None]
+    with pytest.raises(ValueError, match=r"positions must be in \[0, max_seq_len=16\), got 16"):
+        model(tokens, positions=late)
+    forward = nnx.jit(lambda m, t, p: m(t, positions=p))
+    expected = model(tokens, positions=late - 1)
+    np.testing.assert_allclose(forward(model, tokens, late - 1), expected, atol=1e-6)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=vocab + "40"):
+        jax.block_until_ready(forward(model, tokens.at[0, 0].set(40), late - 1))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="positions must be in .* got 16"):
+        jax.block_until_ready(forward(model, tokens, late))
+    loss = nnx.jit(nnx.value_and_grad(lambda m, t: m(t).mean()))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=vocab + "-1"):
+        jax.block_until_ready(loss(model, tokens.at[1, 5].set(-1)))
+    rows = nnx.jit(lambda m, t: jax.vmap(lambda row: m(row[None])[0])(t))
+    np.testing.assert_allclose(rows(model, tokens), model(tokens), atol=1e-5)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=vocab + "40"):
+        jax.block_until_ready(rows(model, tokens.at[1, 2].set(40)))
+
+
+@pytest.mark.parametrize("position_embedding", ["learned", "rope", "alibi"])
+def test_decoding_past_the_cache_raises_under_jit(key, position_embedding):
+    config = ModelConfig(**{**TINY, "num_layers": 1}, position_embedding=position_embedding)
+    model = DecoderLM(config, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(key, (1, 9), 0, 40)
+    _, cache = model.decode(tokens[:, :6], model.init_cache(1, 8))
+    step = nnx.jit(lambda m, t, c: m.decode(t, c))
+    for t in (6, 7):  # the last two free slots
+        logits, cache = step(model, tokens[:, t : t + 1], cache)
+        assert bool(jnp.all(jnp.isfinite(logits)))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"cache overflow: 8 cached \+ 1 new"):
+        jax.block_until_ready(step(model, tokens[:, 8:9], cache))
+    with pytest.raises(ValueError, match=r"cache overflow: 8 cached \+ 1 new"):
+        model.decode(tokens[:, 8:9], cache)
+
+
+def test_greedy_generate_with_dropout_runs_in_eval_mode_and_keeps_the_callers_mode(key):
+    config = ModelConfig(**TINY, dropout_rate=0.3, attention_dropout_rate=0.3)
+    model = DecoderLM(config, rngs=nnx.Rngs(0, dropout=1))
+    prompt = jax.random.randint(key, (2, 4), 0, 40)
+    tokens, logits = greedy_generate(model, prompt, 5)
+    again, _ = greedy_generate(model, prompt, 5)
+    np.testing.assert_array_equal(tokens, again)
+    assert model.blocks[0].dropout.deterministic is False  # still training
+    assert model.blocks[0].attention.deterministic is False
+    evaluated = nnx.clone(model)
+    evaluated.eval()
+    expected_tokens, expected_logits = greedy_by_recomputing(evaluated, prompt, 5)
+    np.testing.assert_array_equal(tokens, expected_tokens)
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
+
+
+def test_config_rejects_wrong_types_and_unknown_implementations(monkeypatch):
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)  # as a user runs it
+    for base in (0.0, -1.0, float("nan"), "10000"):
+        with pytest.raises(ValueError, match="rope_base must be a positive finite number"):
+            ModelConfig(position_embedding="rope", rope_base=base)
+    with pytest.raises(ValueError, match="tie_embeddings must be True or False, got 'no'"):
+        ModelConfig(tie_embeddings="no")
+    with pytest.raises(ValueError, match="attention_bias must be True or False, got 1"):
+        ModelConfig(attention_bias=1)
+    with pytest.raises(ValueError, match="attention_implementation='flash' is unknown"):
+        ModelConfig(attention_implementation="flash")
+    assert ModelConfig(attention_implementation="einsum").attention_implementation == "einsum"
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got True"):
+        ModelConfig(model_dim=16, num_heads=True)
+    with pytest.raises(ValueError, match="type_vocab_size must be an int >= 0, got True"):
+        ModelConfig(type_vocab_size=True)
+    with pytest.raises(ValueError, match="norm_eps must be a positive finite number"):
+        ModelConfig(norm_eps=float("nan"))
+
+
+def test_generate_and_decode_check_ranks_and_cache_batch_size(key, monkeypatch):
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)  # as a user runs it
+    model = DecoderLM(ModelConfig(**TINY), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"tokens must have shape \[B, T\], got \(3,\)"):
+        greedy_generate(model, jnp.ones((3,), jnp.int32), 1)
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, vocab_size=40\), got 45"):
+        greedy_generate(model, jnp.full((1, 3), 45, jnp.int32), 1)
+    tokens = jax.random.randint(key, (2, 3), 0, 40)
+    with pytest.raises(ValueError, match="cache holds batch_size=1 sequences, the input has batch"):
+        model.decode(tokens, model.init_cache(1))

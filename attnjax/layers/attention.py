@@ -14,11 +14,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Bool, Float, Int
 
 from attnjax import functional as F
 from attnjax.functional._types import ArrayT
+from attnjax.layers._checks import check_positions, error_if
 
 __all__ = ["KVCache", "MultiHeadAttention"]
 
@@ -50,10 +52,25 @@ class KVCache(NamedTuple):
     def max_length(self) -> int:
         return self.key.shape[1]
 
+    def check_room(self, new_tokens: int) -> None:
+        """Raise ``ValueError("cache overflow: ...")`` unless ``new_tokens`` more fit.
+
+        Under ``jit`` (a traced ``length``) it raises when the program runs.
+        """
+        max_length = self.max_length
+        error_if(
+            self.length + new_tokens > max_length,
+            lambda filled: (
+                f"cache overflow: {np.max(filled)} cached + {new_tokens} new tokens > "
+                f"max_length={max_length}"
+            ),
+            self.length,
+        )
+
 
 def _check_positive(**sizes) -> None:
     for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
@@ -110,6 +127,8 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(f"rope=True needs an even head_dim, got head_dim={head_dim}")
         if not 0.0 <= dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        if rope and not 0 < rope_base < float("inf"):
+            raise ValueError(f"rope_base must be a positive finite number, got {rope_base!r}")
         if implementation is not None and implementation not in F.IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation={implementation!r} is unknown; choose one of {F.IMPLEMENTATIONS}"
@@ -189,6 +208,7 @@ class MultiHeadAttention(nnx.Module):
         offset = 0 if cache is None else cache.length
         if positions is None:
             positions = (jnp.arange(length) + offset)[None]
+        check_positions(positions, x.shape[0], length)
         q, k, v = self.project(x, positions)
         is_causal = self.is_causal
         if cache is not None:
@@ -224,8 +244,13 @@ class MultiHeadAttention(nnx.Module):
                 f"cache of key {cache.key.shape}, value {cache.value.shape} does not fit this "
                 f"layer (K={self.num_kv_heads}, H={self.head_dim}, R={self.value_dim})"
             )
+        if cache.key.shape[0] != k.shape[0]:
+            raise ValueError(
+                f"cache holds batch_size={cache.key.shape[0]} sequences, the input has "
+                f"batch size {k.shape[0]}"
+            )
+        cache.check_room(new_len)
         start = cache.length
-        _check_cache_room(start, new_len, cache.max_length)
         keys = jax.lax.dynamic_update_slice_in_dim(cache.key, k.astype(cache.key.dtype), start, 1)
         values = jax.lax.dynamic_update_slice_in_dim(
             cache.value, v.astype(cache.value.dtype), start, 1
@@ -237,15 +262,3 @@ class MultiHeadAttention(nnx.Module):
             cache_mask = cache_mask & F.causal_mask(new_len, max_len, offset=start)
         new_cache = KVCache(keys, values, start + new_len)
         return new_cache, keys, values, F.combine_masks(mask, cache_mask)
-
-
-def _check_cache_room(start, new_len: int, max_len: int) -> None:
-    """Raise if a concrete cache length would overflow (traced lengths are checked by callers)."""
-    try:
-        filled = int(start)
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return
-    if filled + new_len > max_len:
-        raise ValueError(
-            f"cache overflow: {filled} cached + {new_len} new tokens > max_length={max_len}"
-        )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 
+from attnjax.functional import IMPLEMENTATIONS
 from attnjax.layers.mlp import ACTIVATIONS, NORMS
 
 __all__ = ["ModelConfig"]
@@ -17,6 +19,14 @@ POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORM_POSITIONS = ("pre", "post")
 ARCHITECTURES = ("decoder", "encoder")
 DTYPES = ("float32", "bfloat16", "float16")
+FLAGS = (
+    "attention_bias",
+    "mlp_bias",
+    "norm_bias",
+    "final_norm",
+    "embedding_norm",
+    "tie_embeddings",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +102,22 @@ class ModelConfig:
             raise ValueError(
                 f"position_embedding='sinusoidal' needs an even model_dim, got {self.model_dim}"
             )
-        if self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if self.attention_implementation is not None:
+            _require_choice(
+                "attention_implementation", self.attention_implementation, IMPLEMENTATIONS
+            )
+        for name in FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if _not_int(self.type_vocab_size) or self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be an int >= 0, got {self.type_vocab_size!r}")
         for name in ("dropout_rate", "attention_dropout_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+            if _not_real(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_base"):
+            value = getattr(self, name)
+            if _not_real(value) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
     # ---- derived sizes -----------------------------------------------------------------------
 
@@ -165,8 +184,16 @@ def _check_field_names(values: Mapping[str, Any]) -> None:
             raise ValueError(f"ModelConfig has no field {name!r}{hint}")
 
 
+def _not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _not_real(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int | float)
+
+
 def _require_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if _not_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 

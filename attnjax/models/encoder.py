@@ -88,15 +88,13 @@ class Encoder(nnx.Module):
           that order (only the requested extras).
         """
         self._check_inputs(tokens, token_types, attention_mask)
-        positions = jnp.arange(tokens.shape[1])[None]
-        x = self.embeddings(tokens, positions, token_types)
+        x = self.embeddings(tokens, token_types=token_types)
         mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
         x, extras = run_blocks(
             self.blocks,
             self.final_norm,
             x,
             mask=mask,
-            positions=positions,
             return_patterns=return_patterns,
             return_hidden_states=return_hidden_states,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -10,6 +12,7 @@ from jaxtyping import Bool, Float, Int, Shaped
 from attnjax import functional as F
 from attnjax.functional._types import ArrayT
 from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
+from attnjax.layers._checks import check_in_range, check_positions
 from attnjax.models.config import ModelConfig
 
 __all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "run_blocks", "stack_patterns"]
@@ -136,9 +139,18 @@ class Embeddings(nnx.Module):
     def __call__(
         self,
         tokens: Int[ArrayT, "B T"],
-        positions: Int[ArrayT, "#B T"],
+        positions: Int[ArrayT, "#B T"] | None = None,
         token_types: Int[ArrayT, "B T"] | None = None,
     ) -> Float[ArrayT, "B T D"]:
+        """Embed ``tokens`` [B, T] at ``positions`` [B or 1, T] (default ``arange(T)``).
+
+        Ids out of range (tokens in [0, vocab_size), learned positions in [0, max_seq_len),
+        token types in [0, type_vocab_size)) raise ``ValueError``; under ``jit``, a
+        ``JaxRuntimeError`` with that message when the program runs.
+        """
+        self.check_ids(tokens, positions, token_types)
+        if positions is None:
+            positions = jnp.arange(tokens.shape[1])[None]
         x = self.token(tokens)
         if self.position is not None:
             x = x + self.position(positions)
@@ -150,6 +162,18 @@ class Embeddings(nnx.Module):
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
+
+    def check_ids(self, tokens, positions=None, token_types=None) -> None:
+        """Raise ``ValueError`` naming the argument if an id would index past its table."""
+        check_in_range("tokens", tokens, self.token.num_embeddings, "vocab_size")
+        if positions is not None:
+            check_positions(positions, *tokens.shape)
+            if self.position is not None:
+                check_in_range("positions", positions, self.max_seq_len, "max_seq_len")
+        if token_types is not None and self.token_type is not None:
+            check_in_range(
+                "token_types", token_types, self.token_type.num_embeddings, "type_vocab_size"
+            )
 
 
 def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
@@ -239,8 +263,6 @@ class DecoderLM(nnx.Module):
         """
         self._check_tokens(tokens)
         length = tokens.shape[1]
-        if positions is None:
-            positions = jnp.arange(length)[None]
         x = self.embeddings(tokens, positions)
         bias = self._alibi(length, length, 0)
         x, extras = run_blocks(
@@ -274,13 +296,16 @@ class DecoderLM(nnx.Module):
         """Append ``tokens`` (a prompt, or one token per sequence) to ``cache``.
 
         Returns the logits of the new positions and the updated cache. Feeding a sequence in
-        any split of chunks gives the same logits as ``model(sequence)``.
+        any split of chunks gives the same logits as ``model(sequence)``. Tokens past the
+        cache's ``max_length`` raise ``ValueError("cache overflow: ...")``; under ``jit``, a
+        ``JaxRuntimeError`` with that message when the program runs.
         """
         self._check_tokens(tokens)
         if len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.blocks)}")
         offset = cache[0].length
         length = tokens.shape[1]
+        cache[0].check_room(length)  # before the embeddings see positions past the cache
         positions = (jnp.arange(length) + offset)[None]
         x = self.embeddings(tokens, positions)
         bias = self._alibi(length, cache[0].max_length, offset)
@@ -320,18 +345,22 @@ def greedy_generate(
     """Greedy decoding with the key/value cache, compiled once.
 
     Returns the prompt followed by ``max_new_tokens`` generated ids, and the logits that chose
-    each generated id.
+    each generated id. Runs without dropout (eval mode on a copy); ``model`` keeps its mode.
     """
     prompt = jnp.asarray(prompt)
+    model._check_tokens(prompt)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    max_new_tokens = int(max_new_tokens)
     total = prompt.shape[1] + max_new_tokens
     if total > model.config.max_seq_len:
         raise ValueError(
             f"prompt length {prompt.shape[1]} + max_new_tokens={max_new_tokens} exceeds "
             f"max_seq_len={model.config.max_seq_len}"
         )
-    model._check_tokens(prompt)
+    model.embeddings.check_ids(prompt)
     graphdef, state = nnx.split(model)
     return _greedy(graphdef, state, prompt, max_new_tokens)
 
@@ -339,6 +368,7 @@ def greedy_generate(
 @jax.jit(static_argnums=(0, 3))
 def _greedy(graphdef, state, prompt, max_new_tokens):
     model = nnx.merge(graphdef, state)
+    model.eval()  # a copy: no dropout while generating; the caller's model keeps its mode
     cache = model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
     logits, cache = model.decode(prompt, cache)
     last = logits[:, -1]
