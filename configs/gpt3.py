@@ -9,11 +9,19 @@ Sizes: 125m, 350m, 760m, 1.3b, 2.7b, 6.7b, 13b, 175b (default 125m). All have a 
 context, the GPT-2 vocabulary (50257), F = 4D, and GPT-2's layout: pre-LN with LayerNorm
 biases, biases in attention and MLP, learned positions, tied embeddings, GELU (tanh).
 
-Two rows of the table are inconsistent as printed, and are resolved so D = N * H:
-1.3B lists 24 heads of width 128 for D = 2048 (24 x 128 = 3072); we use 16 heads of 128
-(the released GPT-3-style 1.3B models, e.g. GPT-Neo, do the same; 24 x 128 would count 1.52B).
-13B lists D = 5140 (40 x 128 = 5120); we keep D = 5140 and set head_dim = 128 explicitly.
+Two rows of the table have N * H != D as printed:
+1.3B lists 24 heads of width 128 for D = 2048 (24 x 128 = 3072); we use 16 heads of 128 so
+that D = N * H (the released GPT-3-style 1.3B models, e.g. GPT-Neo, do the same; 24 x 128 would
+count 1.52B). 13B lists D = 5140 with 40 heads of 128 (= 5120); we keep it as printed, which
+ModelConfig allows (each head maps D -> 128; the output maps 5120 -> D), with head_dim = 128
+set explicitly; the count table notes "attention width N x H = 5120 != D = 5140".
 Both stay within 2% of the paper's stated counts (checked in tests/test_accounting.py).
+
+Overrides: every size but 13b derives head_dim = D // N and F = 4D, so
+``--config.model.num_heads=48`` keeps the model width D (an N that does not divide D is
+refused, naming both). 13b keeps head_dim = 128 under a num_heads override, so N * H changes
+(``num_heads=48`` gives 6144 != 5140, shown in the table); set ``--config.model.head_dim`` too
+to choose it.
 """
 
 from __future__ import annotations
@@ -62,8 +70,9 @@ def get_config(arg: str = "size=125m") -> ml_collections.ConfigDict:
             num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=config_dict.placeholder(int),
-            # Derived (D // N, 4D) unless the table needs it spelled out, so that overrides
-            # such as --config.model.num_heads=48 keep the model width and F = 4D follows D.
+            # Derived (D // N, 4D) where the table has D = N * H: a num_heads override keeps D
+            # and F = 4D follows D. Only 13b (N * H = 5120 != D = 5140) spells out H = 128,
+            # which a num_heads override then keeps (see the module docstring).
             head_dim=config_dict.placeholder(int)
             if head_dim * num_heads == model_dim
             else head_dim,

@@ -33,74 +33,98 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length for FLOPs/memo
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size for activation memory.")
 
 
+def _setting(flag, count, default: int) -> int:
+    """``--<flag>`` if given (0 included), else ``config.count.<flag>``, else ``default``."""
+    name = flag.name
+    if flag.value is not None:
+        source, value = f"--{name}", flag.value
+    elif count.get(name) is not None:
+        source, value = f"config.count.{name}", count.get(name)
+    else:
+        return default
+    if value < 1:
+        raise ValueError(f"{source} must be a positive int, got {value}")
+    return value
+
+
 def _count_settings(config) -> tuple[int, int]:
     count = config.get("count") or {}
-    seq_len = _SEQ_LEN.value or count.get("seq_len") or config.model.max_seq_len
-    batch_size = _BATCH.value or count.get("batch_size") or 1
-    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"--{name} must be a positive int, got {value}")
-    return seq_len, batch_size
+    seq_len = _setting(_SEQ_LEN, count, config.model.max_seq_len)
+    return seq_len, _setting(_BATCH, count, 1)
 
 
 def build_report(model_config, convention: str, seq_len: int, batch_size: int) -> dict:
-    """Everything the launcher prints, as one JSON-able dict."""
+    """Everything the launcher prints, as one JSON-able dict. FLOPs follow the config's
+    causality; for an encoder ``decode_flops_per_token`` and ``kv_cache_bytes`` are ``None``
+    (no cached decoding) and ``unembedding`` is 0 with ``unembedding_kind`` ``"none"``."""
     from attnjax import accounting as acc
 
     report = acc.count_params(model_config, convention)
     reconciled = acc.reconcile(model_config)
     measured_total = sum(measured for _, measured in reconciled.values())
-    causal = model_config.is_causal
+    decoder = model_config.architecture == "decoder"
     return {
         **report.to_dict(),
         "measured_total": measured_total,
         "full_total": acc.count_params(model_config, "full").total,
         "seq_len": seq_len,
         "batch_size": batch_size,
-        "flops_per_token": acc.flops_per_token(model_config, seq_len, causal),
-        "flops_per_sequence": acc.flops_per_sequence(model_config, seq_len, causal),
-        "training_flops_per_token": acc.training_flops_per_token(model_config, seq_len, causal),
-        "decode_flops_per_token": acc.decode_flops_per_token(model_config, seq_len),
+        "causal": model_config.is_causal,
+        "flops_per_token": acc.flops_per_token(model_config, seq_len),
+        "flops_per_sequence": acc.flops_per_sequence(model_config, seq_len),
+        "training_flops_per_token": acc.training_flops_per_token(model_config, seq_len),
+        "decode_flops_per_token": (
+            acc.decode_flops_per_token(model_config, seq_len) if decoder else None
+        ),
         "param_bytes": acc.param_bytes(model_config),
         "attention_grid_bytes_per_layer": acc.attention_grid_bytes(
             model_config, batch_size, seq_len
         ),
-        "kv_cache_bytes": acc.kv_cache_bytes(model_config, batch_size, seq_len),
+        "kv_cache_bytes": (
+            acc.kv_cache_bytes(model_config, batch_size, seq_len) if decoder else None
+        ),
     }
 
 
 def format_summary(values: dict) -> str:
+    """The text after the parameter table; cached-decoding lines only for a decoder."""
     from attnjax.accounting import format_bytes
 
     b, t = values["batch_size"], values["seq_len"]
+    grid = "causal, half the grid" if values["causal"] else "non-causal, full grid"
     lines = [
         f"measured on the module (nnx.eval_shape): {values['measured_total']:,} parameters "
         f"(analytic full count {values['full_total']:,}: equal)",
-        f"forward FLOPs per token (T={t}): {values['flops_per_token']:,.0f}",
+        f"forward FLOPs per token (T={t}, {grid}): {values['flops_per_token']:,.0f}",
         f"forward FLOPs per sequence: {values['flops_per_sequence']:,}",
         f"training FLOPs per token (3 x forward): {values['training_flops_per_token']:,.0f}",
-        f"decode FLOPs per new token at context {t} (KV cache): "
-        f"{values['decode_flops_per_token']:,}",
         "parameter memory: "
         + ", ".join(f"{d} {format_bytes(n)}" for d, n in values["param_bytes"].items()),
         f"attention grid per layer (B={b}, N={values['num_heads']}, T=S={t}, float32): "
         f"{format_bytes(values['attention_grid_bytes_per_layer'])}",
-        f"KV cache (B={b}, S={t}, float32): {format_bytes(values['kv_cache_bytes'])}",
     ]
+    if values["decode_flops_per_token"] is not None:
+        lines.insert(
+            4,
+            f"decode FLOPs per new token at context {t} (KV cache): "
+            f"{values['decode_flops_per_token']:,}",
+        )
+    if values["kv_cache_bytes"] is not None:
+        lines.append(f"KV cache (B={b}, S={t}, float32): {format_bytes(values['kv_cache_bytes'])}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    from attnjax import accounting as acc
-    from attnjax.models import ModelConfig
-
     config = _CONFIG.value
     if "model" not in config:
         raise ValueError("the config has no `model` section")
+    seq_len, batch_size = _count_settings(config)  # before importing JAX: bad flags fail fast
+    from attnjax import accounting as acc
+    from attnjax.models import ModelConfig
+
     model_config = ModelConfig.from_config(config.model)
-    seq_len, batch_size = _count_settings(config)
     values = build_report(model_config, _CONVENTION.value, seq_len, batch_size)
     if _JSON.value:
         print(json.dumps(values))

@@ -84,6 +84,31 @@ def test_minilm_count_equals_the_checkpoint_without_its_pooler():
     assert acc.reconcile(config)["embedding/token_type"] == (2 * 384, 2 * 384)
 
 
+def test_unembedding_kind_tells_tied_from_encoder_in_table_and_dict():
+    minilm = ModelConfig.from_config(configs.minilm.get_config().model)
+    encoder = acc.count_params(minilm)
+    table = acc.format_param_table(encoder)
+    assert "unembedding               none (encoder)" in table and "tied" not in table
+    assert encoder.to_dict()["unembedding"] == 0
+    assert encoder.to_dict()["unembedding_kind"] == "none"
+    assert acc.count_params(minilm, "3b1b").unembedding_kind == "none"
+    gpt2 = ModelConfig.from_config(configs.gpt2.get_config("small").model)
+    assert acc.count_params(gpt2).unembedding_kind == "tied"
+    assert "tied (= token embedding)" in acc.format_param_table(acc.count_params(gpt2))
+    untied = acc.count_params(gpt2, "3b1b")
+    assert untied.unembedding_kind == "separate" and untied.unembedding == 768 * 50257
+    assert "768 x 50257 (counted untied)" in acc.format_param_table(untied)
+
+
+def test_attention_width_other_than_model_width_is_flagged():
+    """GPT-3 13B as printed: 40 heads of 128 = 5120 for D = 5140 (legal, and said so)."""
+    report = acc.count_params(gpt3("13b"))
+    assert report.attention_width == 5120 and report.to_dict()["attention_width"] == 5120
+    table = acc.format_param_table(report)
+    assert "note: attention width N x H = 40 x 128 = 5120 != D = 5140" in table
+    assert "note:" not in acc.format_param_table(acc.count_params(gpt3("175b")))
+
+
 # ---- analytic == measured ---------------------------------------------------------------------
 
 

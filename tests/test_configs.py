@@ -5,6 +5,7 @@ import importlib
 import inspect
 import pathlib
 
+import numpy as np
 import pytest
 from absl import flags
 from flax import nnx
@@ -90,3 +91,26 @@ def test_overrides_follow_into_the_model_and_typos_are_refused():
     assert ModelConfig.from_config(config.model).resolved_head_dim == 8
     with pytest.raises(AttributeError, match="Did you mean"):
         config.model.num_hedas = 2
+
+
+def test_gpt3_num_heads_override_keeps_width_except_13b_which_keeps_head_dim():
+    """configs/gpt3.py: head_dim is derived (D // N) except for 13b, whose head_dim = 128 is the
+    paper's (N * H = 5120 != D = 5140) and stays fixed under a num_heads override."""
+    heads = int(np.random.default_rng().choice([16, 24, 48, 64]))
+    config = _load(CONFIG_DIR / "gpt3.py", "175b")
+    config.model.num_heads = heads
+    model = ModelConfig.from_config(config.model)
+    assert model.num_heads * model.resolved_head_dim == model.model_dim == 12288
+    config = _load(CONFIG_DIR / "gpt3.py", "125m")
+    config.model.num_heads = 5
+    with pytest.raises(ValueError, match="num_heads=5 must divide model_dim=768"):
+        ModelConfig.from_config(config.model)
+    config = _load(CONFIG_DIR / "gpt3.py", "13b")
+    assert ModelConfig.from_config(config.model).resolved_head_dim == 128
+    config.model.num_heads = heads
+    model = ModelConfig.from_config(config.model)
+    assert (model.resolved_head_dim, model.model_dim) == (128, 5140)
+    config.model.head_dim = 5140 // 20
+    config.model.num_heads = 20
+    model = ModelConfig.from_config(config.model)
+    assert model.num_heads * model.resolved_head_dim == 5140

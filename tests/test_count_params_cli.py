@@ -55,3 +55,30 @@ def test_count_sweep_writes_table_csv_and_png(tmp_path):
     assert rows[-1]["total"] == "124439808"  # 12 heads of 64 x 12 layers is GPT-2 small
     assert (tmp_path / "count_sweep_head_dim.png").read_bytes()[:4] == b"\x89PNG"
     assert "124,439,808" in result.stdout
+
+
+def test_zero_or_negative_seq_len_and_batch_size_are_refused_naming_the_flag():
+    for flag in ("--seq_len=0", "--batch_size=0", "--seq_len=-3"):
+        result = run("count_params", "--config=configs/gpt2.py:small", "--json", flag)
+        assert result.returncode == 1, (flag, result.stdout)
+        name, value = flag.split("=")
+        assert result.stderr.strip() == f"error: {name} must be a positive int, got {value}"
+        assert result.stdout == ""
+
+
+def test_encoder_report_has_no_unembedding_or_cached_decoding():
+    text = run("count_params", "--config=configs/minilm.py", "--seq_len=64")
+    assert text.returncode == 0, text.stderr
+    assert "unembedding               none (encoder)" in text.stdout
+    assert "tied" not in text.stdout
+    assert "decode" not in text.stdout and "KV cache" not in text.stdout
+    assert "forward FLOPs per token (T=64, non-causal, full grid)" in text.stdout
+    result = run("count_params", "--config=configs/minilm.py", "--json", "--batch_size=3")
+    assert result.returncode == 0, result.stderr
+    values = json.loads(result.stdout)
+    assert (values["seq_len"], values["batch_size"]) == (128, 3)
+    assert values["unembedding"] == 0 and values["unembedding_kind"] == "none"
+    assert values["decode_flops_per_token"] is None and values["kv_cache_bytes"] is None
+    assert values["causal"] is False
+    assert values["flops_per_token"] == 22_413_312  # the full grid, not the causal half
+    assert values["measured_total"] == values["total"] == 22_565_376

@@ -19,6 +19,13 @@ every norm's scale and bias (blocks, final, embedding); ``embedding`` = token + 
 token-type tables; ``unembedding``. ``total`` is their sum and ``non_embedding = total -
 embedding - unembedding``.
 
+``unembedding == 0`` has two meanings, told apart by ``unembedding_kind``: ``"tied"`` (a decoder
+whose unembedding is the token embedding, ``"full"`` convention) or ``"none"`` (an encoder, which
+has no unembedding); ``"separate"`` is a D x V matrix of its own (or counted as one, ``"3b1b"``).
+
+The attention width ``N*H`` usually equals D but need not: GPT-3 13B has 40 heads of 128 = 5120
+for D = 5140. ``attention_width`` reports it and the table flags ``N x H != D``.
+
 Per head (``HeadParams``): query = D*H, key = D*H, value_down = D*R, value_up = R*D. With
 grouped-query attention (K < N) one key map and one value-down map serve G = N/K query heads,
 so ``per_head.total`` is the size of one head *as if it had its own* key and value maps, and
@@ -120,6 +127,7 @@ class ParamReport:
     embeddings: EmbeddingParams
     unembedding: int
     other_norms: int  # final norm + embedding norm (outside the blocks)
+    architecture: str = "decoder"
 
     @property
     def embedding(self) -> int:
@@ -161,6 +169,18 @@ class ParamReport:
         return self.total - self.embedding - self.unembedding
 
     @property
+    def unembedding_kind(self) -> str:
+        """``"separate"``, ``"tied"`` (= token embedding, counts 0) or ``"none"`` (encoder)."""
+        if self.architecture != "decoder":
+            return "none"
+        return "separate" if self.unembedding else "tied"
+
+    @property
+    def attention_width(self) -> int:
+        """N * H: the width of the concatenated query heads (usually, not always, D)."""
+        return self.num_heads * self.head_dim
+
+    @property
     def kv_groups(self) -> int:
         """G = N / K query heads per key/value head."""
         return self.num_heads // self.num_kv_heads
@@ -183,10 +203,12 @@ class ParamReport:
         """A JSON-able dict of every count."""
         return {
             "convention": self.convention,
+            "architecture": self.architecture,
             "total": self.total,
             "non_embedding": self.non_embedding,
             "embedding": self.embedding,
             "unembedding": self.unembedding,
+            "unembedding_kind": self.unembedding_kind,
             "attention": self.attention,
             "mlp": self.mlp,
             "norms": self.norms,
@@ -202,6 +224,7 @@ class ParamReport:
             "kv_groups": self.kv_groups,
             "model_dim": self.model_dim,
             "head_dim": self.head_dim,
+            "attention_width": self.attention_width,
             "value_dim": self.value_dim,
             "mlp_dim": self.mlp_dim,
             "vocab_size": self.vocab_size,
@@ -276,6 +299,7 @@ def count_params(config: ModelConfig, convention: str = "full") -> ParamReport:
         embeddings=embeddings,
         unembedding=d * v if untied else 0,
         other_norms=norm * (int(config.final_norm) + int(config.embedding_norm)),
+        architecture=config.architecture,
     )
 
 
@@ -298,6 +322,8 @@ def format_param_table(report: ParamReport) -> str:
         ("W_V up (value-up)", f"{r} x {d}", head.value_up),
         ("per head", "", head.total),
     ]
+    if report.attention_width != d:
+        rows.append((f"note: attention width N x H = {n} x {h} = {n * h} != D = {d}", "", ""))
     if k == n:
         rows.append((f"x {n} heads x {layers} layers", "attention weights", report.attention))
     else:
@@ -331,19 +357,24 @@ def format_param_table(report: ParamReport) -> str:
         ("MLP kernels", f"{layers} layers", report.mlp),
         ("MLP biases", "", report.mlp_biases),
         ("norms", "", report.norms),
-        (
-            "unembedding",
-            "tied (= token embedding)" if report.unembedding == 0 and report.tied_embeddings
-            else f"{d} x {report.vocab_size}",
-            report.unembedding,
-        ),
+        ("unembedding", _unembedding_shape(report), report.unembedding),
         ("non-embedding", "", report.non_embedding),
         ("total", "", report.total),
     ]  # fmt: skip
-    width = max(len(name) for name, _, _ in rows)
+    width = max(len(name) for name, _, value in rows if value != "")  # notes may overhang
     shape_width = max(len(shape) for _, shape, _ in rows)
     lines = []
     for name, shape, value in rows:
         count = f"{value:>18,}" if isinstance(value, int) else ""
         lines.append(f"{name:<{width}}  {shape:<{shape_width}}  {count}".rstrip())
     return "\n".join(lines)
+
+
+def _unembedding_shape(report: ParamReport) -> str:
+    kind = report.unembedding_kind
+    if kind == "none":
+        return "none (encoder)"
+    if kind == "tied":
+        return "tied (= token embedding)"
+    untied = " (counted untied)" if report.tied_embeddings else ""
+    return f"{report.model_dim} x {report.vocab_size}{untied}"
