@@ -12,8 +12,12 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-# Errors caused by what the user asked for: reported as one line and exit code 1.
-USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, PermissionError, OSError)
+# Errors caused by what the user asked for: reported as one line and exit code 1. A NaN loss
+# (FloatingPointError) comes from the settings too (learning rate, init, precision).
+USER_ERRORS = (
+    ValueError, KeyError, AttributeError, FileNotFoundError, PermissionError, OSError,
+    FloatingPointError,
+)  # fmt: skip
 
 
 def user_errors_exit_cleanly(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -57,7 +61,38 @@ def _message(error: BaseException, argv: list[str]) -> str:
         used = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
         where = f" (in {used[0]})" if used else ""
         return f"unknown config key {key!r}{where}; {hint[0].lower()}{hint[1:]}"
+    override = _override_naming(text, argv)
+    if override:
+        return _undeclared_key_message(override, argv)
     return " ".join(text.split())
+
+
+def _override_naming(key: str, argv: list[str]) -> str | None:
+    """The ``--config.a.key`` override whose last part is ``key`` (a bare config key), if any."""
+    if not key.isidentifier():
+        return None
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and "." in name and name.rsplit(".", 1)[1] == key:
+            return name
+    return None
+
+
+def _undeclared_key_message(override: str, argv: list[str]) -> str:
+    """``--config.model.dtype`` of a config file without ``model.dtype``: say so and list the
+    keys ``config.model`` has (the config file is loaded again to read them)."""
+    flag, *path = override[2:].split(".")
+    parent = ".".join([flag, *path[:-1]])
+    message = f"unknown config key {path[-1]!r} (in {override}): the config file does not have it"
+    try:
+        source = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+        source = source or ast.literal_eval(flags.FLAGS[flag].default_as_str)
+        config = flags.FLAGS[flag].parser.parse(source)
+        for name in path[:-1]:
+            config = config[name]
+        return f"{message}; {parent} has: {', '.join(sorted(config.keys()))}"
+    except Exception:  # noqa: BLE001 - the plain message is still right
+        return message
 
 
 def parse_flags_cleanly(argv: list[str]) -> list[str]:

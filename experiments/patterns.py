@@ -12,8 +12,6 @@ QK/OV circuit spectra) to ``--workdir``.
 
 from __future__ import annotations
 
-import pathlib
-
 from absl import flags
 
 from experiments.common import log_devices, run
@@ -33,6 +31,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/attnjax/patterns", "Where the PN
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
+    from attnjax.training.loop import prepare_workdir
+
+    workdir = prepare_workdir(_WORKDIR.value)  # before the model runs: fail fast if unwritable
     log_devices()
     from attnjax import pretrained
     from attnjax.analysis import circuit_spectra, word_in_context
@@ -41,7 +42,6 @@ def main(argv: list[str]) -> None:
     model, tokenizer = pretrained.load(_MODEL_DIR.value)
     result = word_in_context(model, tokenizer, _SENTENCES.value, _WORD.value)
     print(result.summary())
-    workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
     paths = save_word_in_context_figures(result, workdir)
     spectra = workdir / "circuit_spectra.png"
     circuit_spectra_plot(circuit_spectra(model), path=spectra)

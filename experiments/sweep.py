@@ -2,7 +2,9 @@
 
 Writes one sub-workdir per point, ``results.csv``, PNG plots, and prints a summary table.
 Re-running skips finished points; ``--config.sweep.shard=i/n`` runs every n-th point;
-``--merge`` only gathers the points found in ``--workdir`` (e.g. shards) into results and plots.
+``--merge`` only gathers the points found in ``--workdir`` (e.g. shards) into results and plots;
+points of the sweep recorded there (``sweep_config.json``) with no result yet are listed as
+missing. Exits 1 if no point finished ok.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def main(argv: list[str]) -> None:
     sharding.initialize_distributed(config.distributed)
     workdir = _WORKDIR.value or sweep_lib.default_workdir(config)
     print(f"sweep workdir: {workdir}", flush=True)
-    if _MERGE.value:
-        rows = sweep_lib.merge_results(workdir, sweep_lib.sweep_points(config))
+    if _MERGE.value:  # the points of the sweep recorded there, not of --config
+        rows = sweep_lib.merge_results(workdir, sweep_lib.recorded_points(workdir))
     else:
         log_devices()
         logging.info("compilation cache: %s", sweep_lib.enable_compilation_cache(_CACHE.value))
@@ -41,6 +43,8 @@ def main(argv: list[str]) -> None:
     plots = save_sweep_plots(rows, workdir)
     print(sweep_lib.format_results(rows))
     print(f"results: {workdir}/results.csv; plots: {', '.join(p.name for p in plots)}")
+    if not any(row["status"] == "ok" for row in rows):
+        raise ValueError(f"no point of the sweep in {workdir} finished ok (see the table above)")
 
 
 if __name__ == "__main__":

@@ -31,10 +31,11 @@ def main(argv: list[str]) -> None:
 
     result = train_and_evaluate(config, _WORKDIR.value)
     logging.info("Finished: %s", result)
+    known = lambda value, form: "?" if value is None else format(value, form)  # None: unknown
     print(
         f"{result.workdir}: eval loss {result.eval_loss:.4f}, accuracy {result.eval_accuracy:.3f}, "
-        f"{result.tokens_per_s:.0f} tokens/s, compile {result.compile_s:.1f} s, "
-        f"wall {result.wall_s:.1f} s"
+        f"{known(result.tokens_per_s, '.0f')} tokens/s, "
+        f"compile {known(result.compile_s, '.1f')} s, wall {known(result.wall_s, '.1f')} s"
     )
 
 

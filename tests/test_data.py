@@ -92,6 +92,8 @@ def test_char_lm_windows_come_from_the_file(tmp_path):
         ("recall", dict(num_pairs=3, num_queries=4), "task.num_queries"),
         ("induction", dict(seq_len=10, prefix_len=8), "task.prefix_len"),
         ("induction", dict(prefix_len=8, min_prefix_len=9), "task.min_prefix_len"),
+        ("induction", dict(seq_len=5, prefix_len=1), "task.prefix_len"),
+        ("induction", dict(prefix_len=4, min_prefix_len=1), "task.min_prefix_len"),
         ("copy", dict(seq_len=10, length=6), "task.length"),
         ("recall", dict(num_pair=3), "num_pairs"),
         ("recal", dict(), "task.name"),
@@ -101,3 +103,15 @@ def test_char_lm_windows_come_from_the_file(tmp_path):
 def test_bad_task_parameters_name_the_field(name, params, field):
     with pytest.raises((ValueError, FileNotFoundError), match=field.replace(".", r"\.")):
         make_task(name, **params)
+
+
+def test_shortest_induction_prefix_leaves_an_answer_in_every_row():
+    task = make_task("induction", seq_len=9, vocab_size=8, prefix_len=5, min_prefix_len=2)
+    assert (task.batch(3, 256).loss_mask.sum(axis=1) >= 1).all()
+
+
+def test_char_task_names_the_path_of_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e ".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match=r"task\.path=.*latin1\.txt.*UTF-8"):
+        make_task("char", path=str(path), seq_len=16)

@@ -121,6 +121,18 @@ def test_sweep_records_a_failing_point_and_rerun_skips(tmp_path):
         ("train", ["--config.model.num_hedas=2"], "num_heads"),
         ("train", ["--config.task.seq_len=5"], "task.seq_len"),
         ("sweep", ["--workdir=/dev/null/run"], "workdir"),
+        ("sweep", ["--config.task.prefix_len=20"], "task.prefix_len"),  # before any point runs
+        ("sweep", ["--config.sweep.head_dim=0"], "sweep.head_dim"),
+        ("sweep", ["--merge", "--workdir=/nonexistent/attnjax_sweep"], "/nonexistent"),
+        (  # every point NaN: exit 1 after the table
+            "sweep",
+            ["--config.train.lr=1e9", "--config.sweep.heads=(1,)", "--config.sweep.layers=(1,)"],
+            "no point",
+        ),
+        ("train", ["--config.train.lr=1e9", "--config.train.steps=6"], "loss is nan"),
+        ("train", ["--config.train.seed=-1"], "train.seed"),
+        ("train", ["--config.mesh.model=1000"], "only 1 exist"),
+        ("train", ["--config.model.dtype=bfloat16"], "config.model has: dropout_rate, head_dim"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, module, args, needle):
@@ -131,3 +143,25 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, module, args, needle):
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and needle in error_lines[0], result.stderr[-2000:]
+
+
+def test_merge_reads_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatch):
+    from attnjax.training import sweep as sweep_lib
+    from configs import sweep as sweep_config
+
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_run)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 3), layers=(1,), shard="0/2")  # h3_l1 left to another shard
+    sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    merged = _run("sweep", "--merge", f"--workdir={tmp_path}")  # default --config: a 4x3 grid
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    with open(tmp_path / "results.csv") as file:
+        rows = [(r["heads"], r["layers"], r["status"]) for r in csv.DictReader(file)]
+    assert rows == [("1", "1", "ok"), ("3", "1", "missing")]
+
+
+def _fake_run(config, workdir):
+    from attnjax.training.loop import RunResult
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    return RunResult(str(workdir), 1, 1.0, 0.5, 0.5, 0.1, 100.0, 0.1, 0.2, {"params/total": 10})

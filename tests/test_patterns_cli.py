@@ -60,3 +60,11 @@ def test_bad_model_dir_exits_1_without_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and str(missing) in result.stderr
+
+
+def test_unwritable_workdir_fails_before_the_model_runs():
+    result = run_patterns("--workdir=/proc/attnjax_patterns")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "where 'mole' looks" not in result.stdout
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "workdir='/proc/attnjax_patterns'" in error[0], result.stderr

@@ -85,3 +85,13 @@ def test_sharded_step_equals_single_device_step():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+
+
+@pytest.mark.parametrize("data, model", [(-1, 2), (2, 1), (1, 3)])
+def test_mesh_larger_than_the_devices_says_what_was_asked_and_what_exists(data, model):
+    import jax
+
+    from attnjax.training.sharding import make_mesh
+
+    with pytest.raises(ValueError, match=rf"mesh\.model={model} .*only 1 exist"):
+        make_mesh(data, model, devices=jax.devices()[:1])

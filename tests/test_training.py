@@ -1,8 +1,11 @@
 """Training: masked metrics vs NumPy, optimizer, step, checkpoints, metrics files, the loop,
 and the sweep's bookkeeping (failures recorded, reruns skip, shards merge)."""
 
+import dataclasses
 import json
 import math
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -218,3 +221,165 @@ def test_fixed_head_dim_points_keep_head_width():
     model = ModelConfig.from_config(point.model)
     assert model.resolved_head_dim == config.sweep.head_dim and model.num_heads == 8
     assert model.model_dim == config.model.model_dim and model.num_layers == 2
+
+
+def test_masked_metrics_with_nothing_masked_are_zero_and_say_so(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    logits = jax.random.normal(k1, (2, 6, 9)) * 3
+    targets = jax.random.randint(k2, (2, 6), 0, 9)
+    metrics = jax.jit(masked_metrics)
+    empty = metrics(logits, targets, jnp.zeros((2, 6)))
+    assert {k: float(v) for k, v in empty.items()} == dict(
+        loss=0.0, accuracy=0.0, sequence_accuracy=0.0, count=0.0
+    )
+    mask = (jax.random.uniform(k3, (2, 6)) > 0.5).astype(jnp.float32)
+    assert float(metrics(logits, targets, mask)["count"]) == float(mask.sum())
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    from flax import nnx
+
+    from attnjax.models import DecoderLM
+    from attnjax.training.sharding import path_string
+    from attnjax.training.state import decays
+
+    config = dataclasses.replace(TINY_MODEL, attention_bias=True)
+    shapes = nnx.state(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))), nnx.Param)
+    rng = np.random.default_rng(7)  # random values everywhere, biases too (they start at 0)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), shapes)
+    tx = make_optimizer(
+        learning_rate=0.1, steps=10, warmup_steps=0, weight_decay=0.5, clip_norm=1.0
+    )
+    zero_grads = jax.tree.map(jnp.zeros_like, params)  # so only the decay moves a parameter
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+    moved = jax.tree_util.tree_leaves_with_path(jax.tree.map(lambda u: bool(jnp.any(u)), updates))
+    by_path = {path_string(path): flag for path, flag in moved}
+    assert by_path["blocks/0/attention/query_bias"] is False
+    assert by_path["blocks/0/attention/query"] is True
+    assert by_path["embeddings/token/embedding"] is True
+    assert by_path["final_norm/scale"] is False and by_path["blocks/0/mlp/up/bias"] is False
+    assert all(flag == decays(path) for path, flag in by_path.items())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny run trained to the end once: ``(config, workdir, result)``; copy before changing."""
+    config = _tiny_config(steps=12, checkpoint_every=10, log_every=4, eval_every=6)
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    return config, workdir, train_and_evaluate(config, workdir)
+
+
+def _copy(workdir, tmp_path):
+    return shutil.copytree(workdir, tmp_path / "copy")
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{constant} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_finished_run_started_again_keeps_its_result(finished_run):
+    config, workdir, result = finished_run
+    before = (workdir / "result.json").read_text()
+    again = train_and_evaluate(config, workdir)
+    assert (workdir / "result.json").read_text() == before
+    assert again == result and math.isfinite(again.train_loss) and again.tokens_per_s > 0
+
+
+def test_run_killed_before_result_json_rebuilds_it_from_the_records(finished_run, tmp_path):
+    config, workdir, result = finished_run
+    run = _copy(workdir, tmp_path)
+    (run / "result.json").unlink()  # killed after the last checkpoint, before result.json
+    rebuilt = train_and_evaluate(config, run)
+    assert rebuilt.train_loss == pytest.approx(result.train_loss)
+    assert rebuilt.tokens_per_s == pytest.approx(result.tokens_per_s)
+    assert rebuilt.eval_loss == pytest.approx(result.eval_loss)
+    stored = _strict_json(run / "result.json")  # no NaN: unknown values are null
+    assert stored["train_loss"] == pytest.approx(result.train_loss) and stored["wall_s"] is None
+
+
+def test_run_killed_before_its_first_checkpoint_logs_each_step_once(finished_run, tmp_path):
+    config, workdir, _ = finished_run
+    run = _copy(workdir, tmp_path)
+    shutil.rmtree(run / "checkpoints")  # its records stay, as after a kill before step 10
+    (run / "result.json").unlink()
+    train_and_evaluate(config, run)
+    records = read_metrics(run)
+    for key in ("loss", "params/total", "eval/loss"):
+        steps = [r["step"] for r in records if key in r]
+        assert steps == sorted(set(steps)), (key, steps)
+    assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]
+
+
+@pytest.mark.parametrize(
+    "change, key", [(dict(model_dim=32), "model.model_dim"), (dict(lr=0.01), "train.lr")]
+)
+def test_workdir_of_another_config_is_refused_before_it_changes(finished_run, change, key):
+    config, workdir, _ = finished_run
+    other = ml_collections.ConfigDict(config.to_dict())
+    for name, value in change.items():
+        (other.model if name in other.model else other.train)[name] = value
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="workdir=.*" + re.escape(key)):
+        train_and_evaluate(other, workdir)
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+def test_negative_seed_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.seed"):
+        train_and_evaluate(_tiny_config(seed=-1), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        (dict(task=dict(prefix_len=20)), r"task\.prefix_len"),
+        (dict(sweep=dict(head_dim=0)), r"sweep\.head_dim"),
+        (dict(model=dict(model_dim=15), sweep=dict(heads=(2, 4))), r"model_dim=15"),
+    ],
+)
+def test_sweep_no_point_can_run_is_refused_before_writing(tmp_path, monkeypatch, override, field):
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    config = sweep_config.get_config("tiny")
+    for section, values in override.items():
+        config[section].update(values)
+    with pytest.raises(ValueError, match=field):
+        sweep_lib.run_sweep(config, tmp_path / "sweep", echo=lambda _: None)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_default_sweep_workdirs_differ_by_config_and_not_by_shard(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTNJAX_RUNS", str(tmp_path))
+    main, tiny = sweep_config.get_config(), sweep_config.get_config("tiny")
+    changed = sweep_config.get_config()
+    changed.train.steps = 10
+    sharded = sweep_config.get_config()
+    sharded.sweep.shard, sharded.sweep.retry_failed = "1/4", True
+    paths = [sweep_lib.default_workdir(c) for c in (main, tiny, changed)]
+    assert len(set(paths)) == 3 and all(p.parent == tmp_path for p in paths)
+    assert sweep_lib.default_workdir(sharded) == paths[0]
+    assert sweep_lib.default_workdir(sweep_config.get_config()) == paths[0]
+
+
+def test_failed_point_at_fixed_head_dim_records_that_head_dim(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(fixed="head_dim", head_dim=4, heads=(1, 8), layers=(1,))
+    rows = {r["heads"]: r for r in sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)}
+    assert rows[8]["status"] == "nan" and rows[8]["head_dim"] == 4
+    assert rows[1]["head_dim"] == 4
+
+
+def test_merge_lists_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 3, 8), layers=(1,), shard="0/2")
+    sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    points = sweep_lib.recorded_points(tmp_path)
+    assert [p.name for p in points] == ["h1_l1", "h3_l1", "h8_l1"]
+    rows = sweep_lib.merge_results(tmp_path, points)
+    assert [(r["heads"], r["status"]) for r in rows] == [(1, "ok"), (3, "missing"), (8, "nan")]
+    with pytest.raises(ValueError, match="workdir="):
+        sweep_lib.merge_results(tmp_path / "nonexistent")

@@ -140,7 +140,8 @@ class Induction:
     ``[min_prefix_len, prefix_len]``: then the distance back to the answer varies, so no fixed
     positional rule solves the task and only an induction circuit (attend to the token after
     the previous occurrence of the current one, two layers) can. The loss counts the repeated
-    half except its first token. Needs ``2 * prefix_len <= seq_len + 1``.
+    half except its first token, so every row has ``P - 1`` answers: ``prefix_len`` and
+    ``min_prefix_len`` must be at least 2. Needs ``2 * prefix_len <= seq_len + 1``.
     """
 
     seq_len: int = 32
@@ -163,11 +164,18 @@ class Induction:
             )
         if self.min_prefix_len is not None:
             _check_positive(min_prefix_len=self.min_prefix_len)
-            if self.min_prefix_len > self.prefix_len:
+        for name in ("prefix_len", "min_prefix_len"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
                 raise ValueError(
-                    f"task.min_prefix_len={self.min_prefix_len} must be <= "
-                    f"task.prefix_len={self.prefix_len}"
+                    f"task.{name}={value} must be at least 2 (the repeat of a single token "
+                    "leaves nothing to predict)"
                 )
+        if self.min_prefix_len is not None and self.min_prefix_len > self.prefix_len:
+            raise ValueError(
+                f"task.min_prefix_len={self.min_prefix_len} must be <= "
+                f"task.prefix_len={self.prefix_len}"
+            )
 
     def batch(self, step: int, batch_size: int) -> Batch:
         rng = _rng(self.seed, step)
@@ -242,7 +250,12 @@ class CharLM:
         file = pathlib.Path(self.path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"task.path={self.path!r} is not a readable file")
-        text = file.read_text(encoding="utf-8")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"task.path={self.path!r} is not UTF-8 text (byte {error.start}: {error.reason})"
+            ) from None
         if len(text) < self.seq_len + 1:
             raise ValueError(
                 f"task.path={self.path!r} has {len(text)} characters, fewer than "

@@ -5,7 +5,8 @@
 ``config.json``, ``metrics.jsonl``, TensorBoard events (``tensorboard/``), orbax checkpoints
 (``checkpoints/``) and ``result.json``. Started again with the same config and workdir it resumes
 from the newest checkpoint, and ends with exactly the parameters of an uninterrupted run
-(batches are a pure function of ``(seed, step)``).
+(batches are a pure function of ``(seed, step)``). A workdir that holds a run of a different
+config is refused (``ValueError`` naming the differing keys) before anything in it changes.
 """
 
 from __future__ import annotations
@@ -25,33 +26,50 @@ from attnjax.data import make_task
 from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
-from attnjax.training.metrics import MetricsWriter
+from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
 from attnjax.training.step import make_eval_step, make_train_step
 
-__all__ = ["RunResult", "build_task", "model_config_for", "prepare_workdir", "train_and_evaluate"]
+__all__ = [
+    "RunResult",
+    "build_task",
+    "check_run_config",
+    "check_same_config",
+    "model_config_for",
+    "prepare_workdir",
+    "train_and_evaluate",
+]
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out batches come from another stream
+# Keys that change how a run is laid out or bookkept, not what it computes.
+LAYOUT_KEYS = ("mesh", "distributed", "sweep.shard", "sweep.retry_failed")
 
 
 @dataclasses.dataclass
 class RunResult:
-    """What a finished run reports (also written to ``workdir/result.json``)."""
+    """What a finished run reports (also written to ``workdir/result.json``, strict JSON).
+
+    ``train_loss``, ``tokens_per_s``, ``compile_s`` and ``wall_s`` are ``None`` when unknown:
+    a run killed after its last checkpoint but before ``result.json`` is rebuilt from
+    ``metrics.jsonl``, which may lack them.
+    """
 
     workdir: str
     steps: int
-    train_loss: float
+    train_loss: float | None
     eval_loss: float
     eval_accuracy: float
     eval_sequence_accuracy: float
-    tokens_per_s: float
-    compile_s: float
-    wall_s: float
+    tokens_per_s: float | None
+    compile_s: float | None
+    wall_s: float | None
     params: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, with any non-finite number as ``None`` (JSON has no NaN)."""
+        finite = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
+        return {k: finite(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def build_task(config, *, seed_offset: int = 0):
@@ -92,11 +110,76 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _differing_keys(old: Any, new: Any, ignore: tuple[str, ...]) -> list[str]:
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    ignored = lambda key: any(key == i or key.startswith(i + ".") for i in ignore)
+    keys = sorted(k for k in old_flat.keys() | new_flat.keys() if not ignored(k))
+    missing = "(absent)"
+    return [
+        f"{k}: {old_flat.get(k, missing)!r} there, {new_flat.get(k, missing)!r} now"
+        for k in keys
+        if old_flat.get(k, missing) != new_flat.get(k, missing)
+    ]
+
+
+def check_same_config(
+    workdir: pathlib.Path,
+    description: dict[str, Any],
+    *,
+    filename: str = "config.json",
+    ignore: tuple[str, ...] = (),
+    what: str = "run",
+    write: bool = True,
+) -> None:
+    """Refuse to reuse ``workdir`` for another config, then record ``description`` there.
+
+    ``description`` (nested dicts) is compared with ``workdir/filename`` if that exists; keys
+    under ``ignore`` (dotted, e.g. ``"sweep.shard"``) may differ. Raises ``ValueError`` naming
+    the workdir and the differing keys, before anything is written.
+    """
+    path = workdir / filename
+    text = json.dumps(description, sort_keys=True, indent=2, default=str)
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"workdir={str(workdir)!r} has an unreadable {filename}") from None
+        differing = _differing_keys(recorded, json.loads(text), ignore)
+        if differing:
+            more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+            raise ValueError(
+                f"workdir={str(workdir)!r} holds a {what} of a different config "
+                f"({'; '.join(differing[:3])}{more}); pass another --workdir (or delete it)"
+            )
+    if write:
+        path.write_text(text)
+
+
 def _check_train_config(train) -> None:
     for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches"):
         value = train[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+    seed = train.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"train.seed must be a non-negative int, got {seed!r}")
+
+
+def check_run_config(config) -> tuple[Any, ModelConfig]:
+    """The task and ``ModelConfig`` of a run config, after checking ``config.train``;
+    ``ValueError`` naming the field for any impossible setting (nothing is trained)."""
+    _check_train_config(config.train)
+    task = build_task(config)
+    return task, model_config_for(config, task)
 
 
 def _param_report(model_config: ModelConfig) -> tuple[dict[str, int], str]:
@@ -132,18 +215,20 @@ def _evaluate(eval_step, params, eval_task, batch_size, num_batches, mesh) -> di
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     """Train ``config`` into ``workdir`` (resuming if it holds checkpoints); evaluate at the end.
 
-    Raises ``FloatingPointError`` if the loss becomes NaN/inf, ``ValueError`` naming the field
-    for impossible settings.
+    A finished run started again returns its ``result.json`` unchanged. Raises
+    ``FloatingPointError`` if the loss becomes NaN/inf, ``ValueError`` naming the field for
+    impossible settings or a workdir that holds another config.
     """
     start_time = time.perf_counter()
     train = config.train
-    _check_train_config(train)
-    task = build_task(config)
+    task, model_config = check_run_config(config)
     eval_task = build_task(config, seed_offset=EVAL_SEED_OFFSET)
-    model_config = model_config_for(config, task)
     workdir = prepare_workdir(workdir)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    chief = jax.process_index() == 0  # on many hosts, one writes the files (orbax syncs itself)
+    check_same_config(workdir, config.to_dict(), ignore=LAYOUT_KEYS, write=chief)
+    finished = _finished_result(workdir, train.steps)
+    if finished is not None:
+        return finished
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
 
     split = init_model(model_config, train.seed)
@@ -175,13 +260,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     eval_step = make_eval_step(split.eval_graphdef, split.rest)
     tokens_per_step = train.batch_size * task.seq_len
     batch_of = lambda step: sharding_lib.shard_batch(task.batch(step, train.batch_size), mesh)
-
-    chief = jax.process_index() == 0  # on many hosts, one writes the files (orbax syncs itself)
-    writer = (
-        MetricsWriter(workdir, resume_step=start_step if start_step else None)
-        if chief
-        else _NoWriter()
+    evaluate = lambda params: _evaluate(
+        eval_step, params, eval_task, train.batch_size, train.eval_batches, mesh
     )
+
+    # Records after the checkpoint this run starts from are dropped (all of them at step 0).
+    writer = MetricsWriter(workdir, resume_step=start_step) if chief else _NoWriter()
     if start_step == 0:
         logging.info("Parameters of %s:\n%s", workdir.name, param_table)
         writer.write_text("params", param_table)
@@ -189,7 +273,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     else:
         logging.info("Resuming %s from step %d", workdir, start_step)
 
-    compile_s, tokens_per_s, train_loss = 0.0, 0.0, math.nan
     try:
         if start_step < train.steps:
             compile_start = time.perf_counter()
@@ -197,15 +280,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
             compile_s = time.perf_counter() - compile_start
             logging.info("Compiled the train step in %.2f s", compile_s)
             state, train_loss, tokens_per_s = _run_steps(
-                compiled, state, batch_of, start_step, config, writer, checkpointer,
-                lambda params: _evaluate(
-                    eval_step, params, eval_task, train.batch_size, train.eval_batches, mesh
-                ),
+                compiled, state, batch_of, start_step, config, writer, checkpointer, evaluate,
                 tokens_per_step,
             )  # fmt: skip
-        final = _evaluate(
-            eval_step, state.params, eval_task, train.batch_size, train.eval_batches, mesh
-        )
+        else:  # killed after its last checkpoint, before result.json: rebuild from the records
+            train_loss, tokens_per_s, compile_s = _recorded_performance(workdir, train.steps)
+        final = evaluate(state.params)
         if start_step < train.steps:  # a finished run started again adds no records
             summary = {f"eval/{k}": v for k, v in final.items()}
             summary.update({"perf/compile_s": compile_s, "perf/tokens_per_s": tokens_per_s})
@@ -224,12 +304,44 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
         eval_sequence_accuracy=final["sequence_accuracy"],
         tokens_per_s=tokens_per_s,
         compile_s=compile_s,
-        wall_s=time.perf_counter() - start_time,
+        wall_s=time.perf_counter() - start_time if start_step < train.steps else None,
         params=param_scalars,
     )
     if chief:
-        (workdir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+        (workdir / "result.json").write_text(text)
     return result
+
+
+def _finished_result(workdir: pathlib.Path, steps: int) -> RunResult | None:
+    """The ``result.json`` of a run of ``steps`` steps already finished here, if any."""
+    path = workdir / "result.json"
+    try:
+        recorded = json.loads(path.read_text())
+        result = RunResult(**recorded)
+    except (OSError, ValueError, TypeError):  # none yet, or unreadable: run (or rebuild) it
+        return None
+    if result.steps != steps:
+        return None
+    logging.info("%s already finished %d steps; its result.json is kept", workdir, steps)
+    return result
+
+
+def _recorded_performance(
+    workdir: pathlib.Path, steps: int
+) -> tuple[float | None, float | None, float | None]:
+    """``(train_loss, tokens_per_s, compile_s)`` of a finished run, from ``metrics.jsonl``:
+    the train loss logged at ``steps``, the last throughput logged, the compile time if the
+    run logged its summary; ``None`` for what is not there."""
+    records = read_metrics(workdir) if (workdir / "metrics.jsonl").exists() else []
+    found = lambda key, rows: next((r[key] for r in reversed(rows) if key in r), None)
+    finite = lambda v: v if isinstance(v, int | float) and math.isfinite(v) else None
+    last = [r for r in records if r.get("step") == steps]
+    return (
+        finite(found("loss", last)),
+        finite(found("perf/tokens_per_s", records) or found("tokens_per_s", records)),
+        finite(found("perf/compile_s", records)),
+    )
 
 
 class _NoWriter:
@@ -260,7 +372,9 @@ def _run_steps(
         step, metrics = entry
         values = _host_metrics(metrics)
         if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"loss is {values['loss']} at step {step}")
+            raise FloatingPointError(
+                f"loss is {values['loss']} at step {step} (train.lr={train.lr} too high?)"
+            )
         if steady_start is not None and steady_steps:  # so far, without evals and saves
             seconds = time.perf_counter() - steady_start - paused
             values["tokens_per_s"] = steady_steps * tokens_per_step / max(seconds, 1e-9)

@@ -24,8 +24,10 @@ class MetricsWriter:
     """Appends ``{"step": s, **scalars}`` lines to ``workdir/metrics.jsonl`` and the same
     scalars to TensorBoard event files in ``workdir/tensorboard``.
 
-    ``resume_step``: lines with ``step > resume_step`` (written after the checkpoint a resumed
-    run starts from) are dropped, so a resumed run's file has each step once.
+    ``resume_step``: the step a run starts from (its checkpoint). Records written after it
+    (``step > resume_step``) are dropped from the file and hidden in TensorBoard, so a resumed
+    run logs each step once; ``resume_step=0`` (a run starting over) drops every record.
+    ``None`` (default) appends to whatever is there.
     """
 
     def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None):
@@ -33,10 +35,12 @@ class MetricsWriter:
 
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            records = read_metrics(self.path) if resume_step > 0 else []
+            kept = [r for r in records if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        purge_step = None if resume_step is None else (resume_step + 1 if resume_step else 0)
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=purge_step)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}

@@ -26,6 +26,7 @@ __all__ = [
     "initialize_distributed",
     "make_mesh",
     "partition_spec",
+    "path_string",
     "shard_batch",
     "state_shardings",
 ]
@@ -49,20 +50,26 @@ def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
     ``data=-1`` uses all devices left over after ``model``.
     """
     devices = jax.devices() if devices is None else list(devices)
+    available = len(devices)
     if model < 1:
         raise ValueError(f"mesh.model must be positive, got {model}")
-    if data == -1:
-        data = len(devices) // model
-    if data < 1 or data * model > len(devices):
+    if data == -1 and model > available:
         raise ValueError(
-            f"mesh.data={data} x mesh.model={model} needs {data * model} devices, "
-            f"{len(devices)} available"
+            f"mesh.model={model} asks for at least {model} devices but only {available} exist"
+        )
+    if data == -1:
+        data = available // model
+    if data < 1 or data * model > available:
+        raise ValueError(
+            f"mesh.data={data} x mesh.model={model} asks for {data * model} devices but "
+            f"only {available} exist"
         )
     grid = np.array(devices[: data * model]).reshape(data, model)
     return Mesh(grid, ("data", "model"))
 
 
-def _path_string(path) -> str:
+def path_string(path) -> str:
+    """A pytree key path as ``"blocks/0/attention/query"`` (NNX's ``value`` entries dropped)."""
     names = []
     for entry in path:
         name = getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", None)))
@@ -88,7 +95,7 @@ def state_shardings(tree, mesh: Mesh):
 
     def sharding(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        return NamedSharding(mesh, partition_spec(_path_string(path), shape, model_size))
+        return NamedSharding(mesh, partition_spec(path_string(path), shape, model_size))
 
     return jax.tree_util.tree_map_with_path(sharding, tree)
 

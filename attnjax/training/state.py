@@ -15,8 +15,17 @@ import optax
 from flax import nnx
 
 from attnjax.models import DecoderLM, ModelConfig
+from attnjax.training.sharding import path_string
 
-__all__ = ["TrainState", "make_optimizer", "SplitModel", "init_model", "init_train_state"]
+__all__ = [
+    "TrainState",
+    "decay_mask",
+    "decays",
+    "make_optimizer",
+    "SplitModel",
+    "init_model",
+    "init_train_state",
+]
 
 
 class TrainState(NamedTuple):
@@ -37,7 +46,8 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """AdamW with linear warmup then cosine decay (to 10%), after global-norm clipping.
 
-    Weight decay applies to matrices only (not to norms' scales and biases).
+    Weight decay applies by parameter role (``decays``): projection kernels and embeddings
+    decay; biases (``bias``, ``*_bias``, whatever their rank) and norms' scales do not.
     """
     if learning_rate <= 0:
         raise ValueError(f"train.lr must be positive, got {learning_rate}")
@@ -52,11 +62,23 @@ def make_optimizer(
         decay_steps=max(steps, warmup_steps + 1),
         end_value=learning_rate * 0.1,
     )
-    decay_matrices = lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
-        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_matrices),
+        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
     )
+
+
+def decays(path: str) -> bool:
+    """Whether the parameter at ``path`` ("blocks/0/attention/query_bias") gets weight decay:
+    yes for kernels and embeddings, no for biases and norm scales."""
+    name = path.rsplit("/", 1)[-1]
+    return not (name in ("bias", "scale") or name.endswith("_bias"))
+
+
+def decay_mask(params):
+    """``params`` mapped to booleans by ``decays`` (the mask ``optax.adamw`` takes)."""
+
+    return jax.tree_util.tree_map_with_path(lambda path, _: decays(path_string(path)), params)
 
 
 class SplitModel(NamedTuple):

@@ -25,19 +25,26 @@ def masked_metrics(
     loss_mask: Float[ArrayT, "B T"],
 ) -> dict[str, jax.Array]:
     """Mean cross-entropy and accuracy over masked positions; ``sequence_accuracy`` counts a
-    sequence right only if all its masked positions are right.
+    sequence right only if all its masked positions are right (over rows with any).
+
+    Returns scalars ``loss``, ``accuracy``, ``sequence_accuracy`` and ``count`` (the number of
+    masked positions). With no masked position at all, every mean is over nothing: ``loss``,
+    ``accuracy`` and ``sequence_accuracy`` are 0 (never NaN, never a perfect score) and
+    ``count`` is 0, which tells this case apart.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     mask = loss_mask.astype(jnp.float32)
-    count = jnp.maximum(mask.sum(), 1.0)
+    count = mask.sum()
+    right = (jnp.argmax(logits, axis=-1) == targets) & (mask > 0)
     wrong = (jnp.argmax(logits, axis=-1) != targets) & (mask > 0)
     has_answer = mask.sum(axis=1) > 0
     sequences_right = jnp.where(has_answer, ~wrong.any(axis=1), False).sum()
     return {
-        "loss": (nll * mask).sum() / count,
-        "accuracy": 1.0 - wrong.sum() / count,
+        "loss": (nll * mask).sum() / jnp.maximum(count, 1.0),
+        "accuracy": right.sum() / jnp.maximum(count, 1.0),
         "sequence_accuracy": sequences_right / jnp.maximum(has_answer.sum(), 1),
+        "count": count,
     }
 
 

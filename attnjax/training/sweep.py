@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,13 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from attnjax.training.loop import prepare_workdir, train_and_evaluate
+from attnjax.training.loop import (
+    build_task,
+    check_run_config,
+    check_same_config,
+    prepare_workdir,
+    train_and_evaluate,
+)
 from attnjax.training.progress import progress_bar
 
 __all__ = [
@@ -35,7 +42,9 @@ __all__ = [
     "parse_shard",
     "point_config",
     "default_workdir",
+    "recorded_points",
     "run_sweep",
+    "sweep_description",
     "sweep_points",
 ]
 
@@ -58,6 +67,7 @@ COLUMNS = (
     "reason",
 )
 FIXED = ("model_dim", "head_dim")
+BOOKKEEPING = ("shard", "retry_failed")  # sweep settings that may differ between shards/reruns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +100,9 @@ def sweep_points(config) -> list[SweepPoint]:
             raise ValueError(f"sweep.{name}={values} must be a non-empty list of positive ints")
     if sweep.fixed not in FIXED:
         raise ValueError(f"sweep.fixed={sweep.fixed!r} is unknown; choose one of {list(FIXED)}")
+    head_dim = sweep.head_dim  # used at fixed head_dim only, but never meaningless
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"sweep.head_dim={head_dim!r} must be a positive int")
     return [SweepPoint(h, n) for n in sweep.layers for h in sweep.heads]
 
 
@@ -132,7 +145,10 @@ def _one_line(error: BaseException) -> str:
 
 def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
     model = config.model
-    head_dim = model.head_dim or (model.model_dim // point.heads if point.heads else None)
+    if config.sweep.fixed == "head_dim":
+        head_dim = config.sweep.head_dim
+    else:
+        head_dim = model.head_dim or model.model_dim // point.heads
     row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
     row.update(heads=point.heads, layers=point.layers, model_dim=model.model_dim)
     row["head_dim"] = head_dim
@@ -155,30 +171,46 @@ def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
     return row
 
 
-def _check_same_sweep(workdir: pathlib.Path, config) -> None:
-    """Refuse to mix two different sweeps in one workdir (shard/retry settings may differ)."""
-    description = config.to_dict()
-    for key in ("shard", "retry_failed"):
+def sweep_description(config) -> dict[str, Any]:
+    """What makes two sweeps the same one: the config without shard/retry settings."""
+    description = json.loads(json.dumps(config.to_dict(), default=str))
+    for key in BOOKKEEPING:
         description["sweep"].pop(key, None)
-    path = workdir / "sweep_config.json"
-    text = json.dumps(description, sort_keys=True, indent=2, default=str)
-    if path.exists() and json.loads(path.read_text()) != json.loads(text):
-        raise ValueError(
-            f"workdir={str(workdir)!r} holds a sweep with a different config; "
-            "pass another --workdir (or delete it)"
-        )
-    path.write_text(text)
+    return description
+
+
+def _check_buildable(config, points: list[SweepPoint]) -> None:
+    """Raise ``ValueError`` naming the field for settings that no point can run with: the task,
+    ``train``, ``mesh``, or a model config that fails at every point. A point that fails alone
+    (e.g. 3 heads of a 16-wide model) is recorded as failed when its turn comes."""
+    from attnjax.training import sharding
+
+    build_task(config)  # the task is shared by every point
+    errors = []
+    for point in points:
+        try:
+            check_run_config(point_config(config, point))
+        except ValueError as error:
+            errors.append((point, error))
+    if len(errors) == len(points):
+        point, error = errors[0]
+        raise ValueError(f"{error} (at every point of the sweep, e.g. {point.name})")
+    sharding.make_mesh(config.mesh.data, config.mesh.model)
 
 
 def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[str, Any]]:
     """Train every point of this shard not yet finished; return the merged rows of all points.
 
-    A point that raises (bad shape, NaN loss, out of memory) is recorded and the sweep goes on.
+    Settings no point can run with raise ``ValueError`` before anything is written. A point
+    that raises (bad shape, NaN loss, out of memory) is recorded and the sweep goes on.
     """
-    workdir = prepare_workdir(workdir)
     points = sweep_points(config)
     index, count = parse_shard(config.sweep.shard)
-    _check_same_sweep(workdir, config)
+    _check_buildable(config, points)
+    workdir = prepare_workdir(workdir)
+    check_same_config(
+        workdir, sweep_description(config), filename="sweep_config.json", what="sweep"
+    )
     mine = points[index::count]
     with progress_bar(len(mine), desc="sweep", unit="point") as bar:
         for point in mine:
@@ -203,17 +235,22 @@ def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # noqa: BLE001 - a failing point must not stop the sweep
-        logging.warning("%s failed:\n%s", point.name, traceback.format_exc())
+        if isinstance(error, ValueError | FloatingPointError):  # its settings: one line says it
+            logging.warning("%s failed: %s", point.name, _one_line(error))
+        else:
+            logging.warning("%s failed:\n%s", point.name, traceback.format_exc())
         row = _row(
             point, config, status=_classify(error), reason=_one_line(error),
             wall_s=time.perf_counter() - start,
         )  # fmt: skip
     point_dir.mkdir(parents=True, exist_ok=True)
-    row_path.write_text(json.dumps(row, indent=2))
+    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    row_path.write_text(json.dumps(row, indent=2, allow_nan=False))
     if row["status"] == "ok":
+        wall = "" if row["wall_s"] is None else f", {row['wall_s']:.1f} s"
         echo(
             f"{point.name}: accuracy {row['accuracy']:.3f}, eval loss {row['eval_loss']:.3f}, "
-            f"{row['params_total']} params, {row['wall_s']:.1f} s"
+            f"{row['params_total']} params{wall}"
         )
     else:
         echo(f"{point.name}: {row['status']}: {row['reason']}")
@@ -224,9 +261,12 @@ def merge_results(
 ) -> list[dict[str, Any]]:
     """Gather every ``*/row.json`` under ``workdir`` (all shards) into ``results.csv``.
 
-    Points of ``points`` with no row yet are listed with status ``missing``.
+    Points of ``points`` with no row yet are listed with status ``missing``. ``ValueError``
+    naming ``workdir`` if it is not a directory.
     """
     workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise ValueError(f"workdir={str(workdir)!r} is not a directory (nothing to merge)")
     rows = {}
     for path in sorted(workdir.glob("*/row.json")):
         row = json.loads(path.read_text())
@@ -237,6 +277,8 @@ def merge_results(
             {**dict.fromkeys(COLUMNS, ""), "heads": point.heads, "layers": point.layers,
              "status": "missing", "reason": "not run yet (another shard?)"},
         )  # fmt: skip
+    if not rows:
+        raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
     ordered = [rows[k] for k in sorted(rows, key=lambda hl: (hl[1], hl[0]))]
     with open(workdir / "results.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
@@ -293,7 +335,26 @@ def _by_layers(rows: list[dict[str, Any]]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
+    """The points of the sweep recorded in ``workdir/sweep_config.json``, ``None`` if there is
+    no such file; ``ValueError`` naming the workdir if it cannot be read."""
+    path = pathlib.Path(workdir) / "sweep_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return sweep_points(
+            ml_collections.ConfigDict({"sweep": json.loads(path.read_text())["sweep"]})
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"workdir={str(workdir)!r} has an unreadable sweep_config.json") from None
+
+
 def default_workdir(config) -> pathlib.Path:
-    """``~/attnjax_runs/sweep_fixed_<model_dim|head_dim>_<task>`` (overridable: ``--workdir``)."""
+    """``~/attnjax_runs/sweep_<task>_fixed_<model_dim|head_dim>_<hash>`` (``ATTNJAX_RUNS``
+    moves the root; ``--workdir`` overrides it). The hash is of the whole sweep config less its
+    shard/retry settings: the same sweep (and its shards) reuses its workdir, another never
+    collides with it."""
     root = pathlib.Path(os.environ.get("ATTNJAX_RUNS", "~/attnjax_runs")).expanduser()
-    return root / f"sweep_{config.task.name}_fixed_{config.sweep.fixed}"
+    text = json.dumps(sweep_description(config), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return root / f"sweep_{config.task.name}_fixed_{config.sweep.fixed}_{digest}"
