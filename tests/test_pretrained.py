@@ -5,6 +5,7 @@ its errors on broken directories."""
 import json
 import pathlib
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,8 @@ def test_minilm_tokenizer_matches_upstream_and_pads_to_the_longest(
     lengths = minilm_encoded.attention_mask.sum(1)
     assert minilm_encoded.input_ids.shape[1] == lengths.max() < 128  # not the file's 128
     assert [len(t) for t in minilm_encoded.tokens] == lengths.tolist()
-    long = tokenizer(["mole " * 400])
+    with pytest.warns(UserWarning, match="sentence 0 has 402 tokens: truncated to max_length=256"):
+        long = tokenizer(["mole " * 400])
     assert long.input_ids.shape == (1, 256) and long.input_ids[0, -1] == 102
 
 
@@ -381,6 +383,37 @@ def test_encode_errors(gpt2, minilm):
         pretrained.encode(model, bert_tokenizer, ["American shrew mole"])
     with pytest.raises(ValueError, match="max_length=64 must be in"):
         pretrained.load(TINY_GPT2, max_length=64)
+
+
+def test_long_sentences_are_truncated_with_a_warning(gpt2):
+    model, tokenizer = gpt2
+    limit = model.config.max_seq_len
+    assert tokenizer.max_length == limit
+    sentences = ["a mole " * 40, "a mole", "shrew " * 50]
+    with pytest.warns(UserWarning, match=r"sentence 0 has \d+ tokens; sentence 2 has \d+ tokens"):
+        encoded = pretrained.encode(model, tokenizer, sentences)
+    assert encoded.input_ids.shape == (3, limit)
+    assert encoded.attention_mask.sum(1).tolist() == [
+        limit,
+        len(tokenizer(["a mole"]).tokens[0]),
+        limit,
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenizer(["a mole", "shrew"])  # short sentences: no warning
+
+
+def test_tokenizer_longer_than_the_model_is_refused(gpt2):
+    model, tokenizer = gpt2
+    limit = model.config.max_seq_len
+    too_long = pretrained.Tokenizer.from_file(tokenizer.path, max_length=limit + 8)
+    with (
+        pytest.warns(UserWarning, match="truncated"),
+        pytest.raises(
+            ValueError, match=rf"sentence 1 has {limit + 8} tokens, .*max_seq_len={limit}"
+        ),
+    ):
+        pretrained.encode(model, too_long, ["a mole", "shrew " * 60])
 
 
 def test_sharded_checkpoint_loads_like_the_single_file(gpt2, tmp_path, key):

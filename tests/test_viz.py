@@ -66,6 +66,31 @@ def test_head_grid_has_one_axes_per_layer_and_head(tmp_path):
     assert len(two.axes) == 3
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(layers=[5]), r"layers=\[5\] must be .* indices in \[0, 2\)"),
+        (dict(layers=[-1]), r"layers=\[-1\] must be .* in \[0, 2\)"),
+        (dict(layers=[]), r"layers=\[\] must be a non-empty list"),
+        (dict(heads=[0, 3]), r"heads=\[0, 3\] must be .* indices in \[0, 3\)"),
+        (dict(heads=[1.0]), r"heads=\[1.0\] must be"),
+    ],
+)
+def test_head_grid_rejects_layers_or_heads_out_of_range(kwargs, message, monkeypatch):
+    import jaxtyping
+
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)  # as users run it
+    patterns, causal = causal_patterns(np.random.default_rng(4), 2, 3, len(TOKENS))
+    with pytest.raises(ValueError, match=message):
+        head_grid(patterns, TOKENS, mask=causal, **kwargs)
+
+
+def test_head_grid_takes_numpy_integer_indices():
+    patterns, _ = causal_patterns(np.random.default_rng(5), 2, 3, len(TOKENS))
+    picked = head_grid(patterns, TOKENS, layers=[np.int64(1)], heads=[np.int64(2)])
+    np.testing.assert_allclose(picked.axes[0].images[0].get_array(), patterns[1, 2], rtol=1e-6)
+
+
 def test_query_attention_by_layer_averages_a_words_pieces():
     rng = np.random.default_rng(2)
     patterns, _ = causal_patterns(rng, 3, 4, len(TOKENS))

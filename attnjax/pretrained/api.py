@@ -123,10 +123,19 @@ def encode(model: Model, tokenizer: Tokenizer, sentences: str | Sequence) -> Enc
 
     Works for encoders (bidirectional) and decoders (causal; ``logits`` filled). See
     ``Encoded`` for the fields. Compiled once per batch shape.
+
+    **Long sentences.** A sentence with more than ``tokenizer.max_length`` tokens is truncated
+    to its first ``max_length`` tokens, and a ``UserWarning`` names the sentence index and its
+    length. ``max_length`` is what ``load`` set: ``max_seq_length`` of
+    ``sentence_bert_config.json`` (256 for MiniLM, as sentence-transformers truncates), else
+    the model's number of positions; ``load(model_dir, max_length=...)`` raises it up to the
+    model's ``max_seq_len``. A tokenizer whose ``max_length`` exceeds the model's
+    ``max_seq_len`` is a ``ValueError`` once a batch is longer than the model allows.
     """
     if not isinstance(model, Encoder | DecoderLM):
         raise ValueError(f"model must be an Encoder or DecoderLM, got {type(model).__name__}")
     batch = tokenizer(sentences)
+    _check_length(batch, model.config.max_seq_len)
     if int(batch.input_ids.max()) >= model.config.vocab_size:
         raise ValueError(
             f"token id {int(batch.input_ids.max())} is outside the model's vocabulary "
@@ -183,6 +192,18 @@ def _decoder_outputs(model: DecoderLM, input_ids, attention_mask):
         input_ids, mask=key_mask, return_patterns=True, return_hidden_states=True
     )
     return all_hidden[-1], all_hidden, patterns, logits
+
+
+def _check_length(batch, max_seq_len: int) -> None:
+    lengths = batch.attention_mask.sum(axis=1)
+    too_long = np.flatnonzero(lengths > max_seq_len)
+    if too_long.size:
+        i = int(too_long[0])
+        raise ValueError(
+            f"sentence {i} has {int(lengths[i])} tokens, more than the model's "
+            f"max_seq_len={max_seq_len}; build the tokenizer with max_length <= {max_seq_len} "
+            "(pretrained.load does)"
+        )
 
 
 def _max_length(path: pathlib.Path, config: ModelConfig, max_length: int | None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,8 @@ class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer`` read from ``tokenizer.json``.
 
     The file's own padding (MiniLM pads to 128) is switched off: a batch is padded to its
-    longest sentence. Sentences longer than ``max_length`` tokens are truncated.
+    longest sentence. Sentences longer than ``max_length`` tokens are truncated to their first
+    ``max_length`` tokens (special tokens kept), with a ``UserWarning`` naming each one.
     ``tokenizer(["a b", "c"])`` → a ``TokenBatch``.
     """
 
@@ -73,6 +75,9 @@ class Tokenizer:
         for i, encoding in enumerate(encodings):
             if not encoding.ids:
                 raise ValueError(f"sentence {i} {sentences[i]!r} has no tokens")
+        truncated = [i for i, encoding in enumerate(encodings) if encoding.overflowing]
+        if truncated:
+            self._warn_truncated(sentences, truncated)
         length = max(len(e.ids) for e in encodings)
         shape = (len(encodings), length)
         ids = np.full(shape, self.pad_id, np.int32)
@@ -85,6 +90,20 @@ class Tokenizer:
             types[row, :n] = encoding.type_ids
         tokens = tuple(tuple(e.tokens) for e in encodings)
         return TokenBatch(ids, mask, types, tokens)
+
+    def _warn_truncated(self, sentences: list[str], indices: list[int]) -> None:
+        self.backend.no_truncation()
+        try:
+            lengths = [len(self.backend.encode(sentences[i]).ids) for i in indices]
+        finally:
+            self.backend.enable_truncation(self.max_length)
+        listed = "; ".join(f"sentence {i} has {n} tokens" for i, n in zip(indices, lengths))
+        warnings.warn(
+            f"{listed}: truncated to max_length={self.max_length} tokens (pretrained.load's "
+            "max_length raises the limit, up to the model's number of positions)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a sequence of ids (special tokens skipped)."""

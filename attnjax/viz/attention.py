@@ -55,6 +55,19 @@ def _check_tokens(tokens: Sequence[str], size: int, name: str) -> list[str]:
     return tokens
 
 
+def _check_indices(name: str, chosen, size: int) -> list[int]:
+    """All of ``range(size)`` when ``chosen`` is None, else ``chosen`` checked to lie in it."""
+    if chosen is None:
+        return list(range(size))
+    chosen = list(chosen)
+    if not chosen or not all(
+        isinstance(i, int | np.integer) and not isinstance(i, bool) and 0 <= i < size
+        for i in chosen
+    ):
+        raise ValueError(f"{name}={chosen} must be a non-empty list of indices in [0, {size})")
+    return [int(i) for i in chosen]
+
+
 def attention_heatmap(
     pattern,
     query_tokens: Sequence[str],
@@ -95,8 +108,8 @@ def head_grid(
     tokens: Sequence[str],
     mask=None,
     *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
+    layers: Sequence[int | np.integer] | None = None,
+    heads: Sequence[int | np.integer] | None = None,
     title: str | None = None,
     path=None,
 ):
@@ -105,13 +118,14 @@ def head_grid(
     One axes per (layer, head) shown (rows: layers, columns: heads), all on one 0-1 colour
     scale, plus a shared colour bar. Tokens label the first column and the bottom row when
     there are at most 24 of them. ``mask`` [T, T] (True = may attend) masks cells.
+    ``layers`` and ``heads`` pick rows and columns (indices in ``[0, L)`` and ``[0, N)``).
     """
     patterns = np.asarray(patterns, np.float32)
     if patterns.ndim != 4 or patterns.shape[2] != patterns.shape[3]:
         raise ValueError(f"patterns must have shape [L, N, T, T], got {patterns.shape}")
     tokens = _check_tokens(tokens, patterns.shape[2], "tokens")
-    layers = list(range(patterns.shape[0])) if layers is None else list(layers)
-    heads = list(range(patterns.shape[1])) if heads is None else list(heads)
+    layers = _check_indices("layers", layers, patterns.shape[0])
+    heads = _check_indices("heads", heads, patterns.shape[1])
     cell = 0.9 if len(tokens) <= 24 else 0.6
     fig, axes = new_figure(
         len(layers),
