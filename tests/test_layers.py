@@ -9,7 +9,7 @@ from flax import nnx
 
 from attnjax import functional as F
 from attnjax.layers import MLP, MultiHeadAttention, make_norm
-from attnjax.layers._checks import error_if
+from attnjax.layers._checks import error_if, trusted_inputs
 
 
 def test_matches_flax_multi_head_attention_with_copied_weights(key):
@@ -197,3 +197,20 @@ def test_cache_batch_size_and_overflow_under_jit(key):
     assert int(full.length) == 4 and bool(jnp.all(jnp.isfinite(y)))
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"cache overflow: 4 cached \+ 1 new"):
         jax.block_until_ready(step(mha, x[:, 4:5], full))
+
+
+def test_trusted_inputs_compiles_traced_checks_away_but_checks_concrete_values(key):
+    def checked(x):
+        error_if(x > 2.0, lambda: "x must be <= 2")
+        return 2.0 * x
+
+    def trusted(x):
+        with trusted_inputs():
+            return checked(x)
+
+    x = jax.random.uniform(key, (3,)).at[0].set(5.0)
+    assert "callback" in jax.jit(checked).lower(x).as_text()
+    assert "callback" not in jax.jit(trusted).lower(x).as_text()
+    np.testing.assert_allclose(jax.jit(trusted)(x), 2.0 * x)
+    with pytest.raises(ValueError, match="x must be <= 2"):
+        trusted(x)  # eager: the values are concrete, so they are still checked

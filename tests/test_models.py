@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from attnjax.models import DecoderLM, ModelConfig, greedy_generate
+from attnjax.models.transformer import _greedy
 
 TINY = dict(vocab_size=40, max_seq_len=16, model_dim=16, num_layers=2, num_heads=4)
 
@@ -219,3 +220,25 @@ def test_generate_and_decode_check_ranks_and_cache_batch_size(key, monkeypatch):
     tokens = jax.random.randint(key, (2, 3), 0, 40)
     with pytest.raises(ValueError, match="cache holds batch_size=1 sequences, the input has batch"):
         model.decode(tokens, model.init_cache(1))
+
+
+def _callbacks_in_decode(num_layers, key):
+    model = DecoderLM(ModelConfig(**{**TINY, "num_layers": num_layers}), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+
+    def decode(state, tokens, cache):
+        return nnx.merge(graphdef, state).decode(tokens, cache)
+
+    tokens = jax.random.randint(key, (1, 2), 0, TINY["vocab_size"])
+    return jax.jit(decode).lower(state, tokens, model.init_cache(1, 8)).as_text().count("callback")
+
+
+def test_decode_checks_the_cache_once_whatever_the_depth(key):
+    assert _callbacks_in_decode(1, key) == _callbacks_in_decode(3, key) > 0
+
+
+def test_greedy_generate_compiles_no_run_time_checks(key):
+    model = DecoderLM(ModelConfig(**TINY), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    prompt = jax.random.randint(key, (1, 3), 0, TINY["vocab_size"])
+    assert "callback" not in _greedy.lower(graphdef, state, prompt, 4).as_text()

@@ -95,8 +95,8 @@ def attention_pattern(
     ``mask`` allows no key in that row.
     """
     _check_matrices(("scores", scores, "T S"))
-    _check_fits_scores("mask", mask, scores.shape, boolean=True)
-    _check_fits_scores("bias", bias, scores.shape, boolean=False)
+    _check_broadcastable("mask", mask, scores.shape, boolean=True, letters="T, S")
+    _check_broadcastable("bias", bias, scores.shape, boolean=False, letters="T, S")
     scores = scores.astype(jnp.float32)
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
@@ -137,20 +137,6 @@ def _check_matrices(*named) -> None:
     for name, x, letters in named:
         if jnp.ndim(x) != 2:
             raise ValueError(f"{name} must have shape [{letters}], got shape {jnp.shape(x)}")
-
-
-def _check_fits_scores(name, x, scores_shape, *, boolean: bool) -> None:
-    if x is None:
-        return
-    if boolean and jnp.result_type(x) != jnp.bool_:
-        raise ValueError(
-            f"{name} must be boolean (True = may attend), got dtype {jnp.result_type(x)}"
-        )
-    shape = jnp.shape(x)
-    if len(shape) > 2 or any(d not in (1, t) for d, t in zip(shape[::-1], scores_shape[::-1])):
-        raise ValueError(
-            f"{name} of shape {shape} is not broadcastable to scores [T, S] = {list(scores_shape)}"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,8 +206,8 @@ def dot_product_attention(
             "key_value_seq_lengths", key_value_seq_lengths, batch
         )
     target = (batch, num_heads, q_len, k_len)
-    mask = _check_broadcastable("mask", mask, target, boolean=True)
-    bias = _check_broadcastable("bias", bias, target, boolean=False)
+    mask = _check_broadcastable("mask", mask, target, boolean=True, letters="B, N, T, S")
+    bias = _check_broadcastable("bias", bias, target, boolean=False, letters="B, N, T, S")
     if bias is not None:  # -inf bias entries are masks; keep the rest finite.
         mask = masks_lib.combine_masks(mask, bias > -jnp.inf)
         bias = jnp.where(bias > -jnp.inf, bias, 0.0)
@@ -297,7 +283,8 @@ def _check_qkv_shapes(query, key, value) -> None:
         )
 
 
-def _check_broadcastable(name, x, target, *, boolean: bool):
+def _check_broadcastable(name, x, target, *, boolean: bool, letters: str):
+    """``x`` (a mask or bias, or None) checked against ``target`` and given its rank."""
     if x is None:
         return None
     x = jnp.asarray(x)
@@ -306,13 +293,14 @@ def _check_broadcastable(name, x, target, *, boolean: bool):
             f"{name} must be boolean (True = may attend), got dtype {x.dtype}; "
             "pass additive masks as bias"
         )
-    if x.ndim > 4 or any(
+    rank = len(target)
+    if x.ndim > rank or any(
         d not in (1, t) for d, t in zip(x.shape[::-1], target[::-1], strict=False)
     ):
         raise ValueError(
-            f"{name} of shape {x.shape} is not broadcastable to [B, N, T, S] = {list(target)}"
+            f"{name} of shape {x.shape} is not broadcastable to [{letters}] = {list(target)}"
         )
-    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+    return x.reshape((1,) * (rank - x.ndim) + x.shape)
 
 
 def _choose_implementation(implementation, qkv, *, window, is_causal, return_pattern, dropout_rate):

@@ -4,18 +4,41 @@ A value check (a token id out of the vocabulary, a full cache) raises ``ValueErr
 when the values are concrete. When they are traced (``jit``, ``grad``, ``scan``), it raises at
 run time instead: a ``lax.cond`` calls a host callback only when the check fails, and the
 ``jax.errors.JaxRuntimeError`` that the call then raises holds the ``ValueError`` message.
+
+That ``cond`` costs a little on every run of the compiled program (and may read its predicate
+on the host on GPU). Code whose inputs are valid by construction traces inside
+``trusted_inputs()``, where traced checks compile to nothing: attnjax's train and eval steps
+(fed by ``attnjax.data``, whose vocabulary is checked against the model's up front) and
+``greedy_generate`` (prompt checked eagerly, cache sized to fit, tokens from an argmax).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_in_range", "check_positions", "error_if"]
+__all__ = ["check_in_range", "check_positions", "error_if", "trusted_inputs"]
+
+_CHECK_TRACED_VALUES = contextvars.ContextVar("attnjax_check_traced_values", default=True)
+
+
+@contextlib.contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Within this block, value checks of *traced* inputs (token ids in range, room in a KV
+    cache) compile to nothing; concrete values are still checked. It acts when a function is
+    traced, so wrap the body of the function you ``jit`` (a compiled function keeps what it was
+    traced with). Use it for a jitted step whose inputs are known to be valid."""
+    token = _CHECK_TRACED_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_TRACED_VALUES.reset(token)
 
 
 def error_if(failed, message: Callable[..., str], *operands) -> None:
@@ -30,6 +53,8 @@ def error_if(failed, message: Callable[..., str], *operands) -> None:
     try:
         now = bool(failed)
     except jax.errors.ConcretizationTypeError:
+        if not _CHECK_TRACED_VALUES.get():
+            return
         callback = functools.partial(_raise_on_host, message)
         jax.lax.cond(failed, lambda: jax.debug.callback(callback, failed, *operands), lambda: None)
         return

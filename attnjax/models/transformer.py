@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Bool, Float, Int, Shaped
 
 from attnjax import functional as F
+from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
 from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
-from attnjax.layers._checks import check_in_range, check_positions
+from attnjax.layers._checks import check_in_range, check_positions, trusted_inputs
 from attnjax.models.config import ModelConfig
 
 __all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "run_blocks", "stack_patterns"]
@@ -310,9 +309,10 @@ class DecoderLM(nnx.Module):
         x = self.embeddings(tokens, positions)
         bias = self._alibi(length, cache[0].max_length, offset)
         new_cache = []
-        for block, layer_cache in zip(self.blocks, cache, strict=False):
-            x, layer_cache = block(x, bias=bias, positions=positions, cache=layer_cache)
-            new_cache.append(layer_cache)
+        with trusted_inputs():  # every layer's cache holds as many tokens as cache[0]: checked
+            for block, layer_cache in zip(self.blocks, cache, strict=False):
+                x, layer_cache = block(x, bias=bias, positions=positions, cache=layer_cache)
+                new_cache.append(layer_cache)
         return self._logits(x), tuple(new_cache)
 
     def _alibi(self, query_length, key_length, offset):
@@ -349,11 +349,7 @@ def greedy_generate(
     """
     prompt = jnp.asarray(prompt)
     model._check_tokens(prompt)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
-        raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    max_new_tokens = int(max_new_tokens)
+    max_new_tokens = as_int("max_new_tokens", max_new_tokens, minimum=1)
     total = prompt.shape[1] + max_new_tokens
     if total > model.config.max_seq_len:
         raise ValueError(
@@ -367,6 +363,11 @@ def greedy_generate(
 
 @jax.jit(static_argnums=(0, 3))
 def _greedy(graphdef, state, prompt, max_new_tokens):
+    with trusted_inputs():  # prompt checked by the caller, cache sized to fit, tokens an argmax
+        return _greedy_unchecked(graphdef, state, prompt, max_new_tokens)
+
+
+def _greedy_unchecked(graphdef, state, prompt, max_new_tokens):
     model = nnx.merge(graphdef, state)
     model.eval()  # a copy: no dropout while generating; the caller's model keeps its mode
     cache = model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
