@@ -20,7 +20,7 @@ from attnjax.training.checkpoint import Checkpointer, load_checkpoint
 from attnjax.training.loop import RunResult, train_and_evaluate
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.state import init_model, init_train_state, make_optimizer
-from attnjax.training.step import make_eval_step, make_train_step, masked_metrics
+from attnjax.training.step import make_eval_step, make_train_step, masked_metrics, pool_metrics
 from configs import sweep as sweep_config
 from configs import train as train_config
 
@@ -192,6 +192,7 @@ def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path
     assert by_heads[8]["status"] == "nan" and "nan" in by_heads[8]["reason"]
     assert by_heads[3]["status"] == "missing"
     config.sweep.shard = "1/2"
+    config.mesh.data = 1  # another machine's mesh: the same sweep
     rows = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
     assert calls[2:] == ["h3_l1"]
     failed = {r["heads"]: r for r in rows}[3]
@@ -230,10 +231,46 @@ def test_masked_metrics_with_nothing_masked_are_zero_and_say_so(key):
     metrics = jax.jit(masked_metrics)
     empty = metrics(logits, targets, jnp.zeros((2, 6)))
     assert {k: float(v) for k, v in empty.items()} == dict(
-        loss=0.0, accuracy=0.0, sequence_accuracy=0.0, count=0.0
+        loss=0.0, accuracy=0.0, sequence_accuracy=0.0, count=0.0, sequences=0.0
     )
-    mask = (jax.random.uniform(k3, (2, 6)) > 0.5).astype(jnp.float32)
+    mask = (jax.random.uniform(k3, (2, 6)) > 0.5).astype(jnp.float32).at[1].set(0.0)
     assert float(metrics(logits, targets, mask)["count"]) == float(mask.sum())
+    assert float(metrics(logits, targets, mask)["sequences"]) == 1.0
+
+
+def test_pooled_metrics_of_batches_are_the_metrics_of_all_their_answers(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    logits = jax.random.normal(k1, (6, 5, 9)) * 3
+    targets = jax.random.randint(k2, (6, 5), 0, 9)
+    mask = (jax.random.uniform(k3, (6, 5)) > 0.6).astype(jnp.float32).at[3].set(0.0)
+    metrics = jax.jit(masked_metrics)
+    parts = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    per_batch = [metrics(logits[p], targets[p], mask[p]) for p in parts]
+    assert len({float(m["count"]) for m in per_batch}) > 1  # batches with different weights
+    pooled, whole = pool_metrics(per_batch), metrics(logits, targets, mask)
+    assert pooled.keys() == whole.keys()
+    for name, value in whole.items():
+        np.testing.assert_allclose(pooled[name], value, rtol=1e-6, err_msg=name)
+    empty = metrics(logits[:2], targets[:2], jnp.zeros((2, 5)))
+    assert pool_metrics([empty, empty]) == dict(
+        loss=0.0, accuracy=0.0, sequence_accuracy=0.0, count=0.0, sequences=0.0
+    )
+
+
+def test_compiled_steps_carry_no_token_check_but_a_plain_forward_does(tiny_training):
+    from flax import nnx
+
+    from attnjax.models import DecoderLM
+
+    split, tx, step = tiny_training
+    batch = _tiny_task().batch(0, 4)
+    state = init_train_state(split.params, tx)
+    assert "callback" not in step.lower(state, batch).as_text()
+    evaluate = make_eval_step(split.eval_graphdef, split.rest)
+    assert "callback" not in evaluate.lower(split.params, batch).as_text()
+    model = DecoderLM(TINY_MODEL, rngs=nnx.Rngs(0))
+    forward = nnx.jit(lambda model, tokens: model(tokens))
+    assert "callback" in forward.lower(model, batch.inputs).as_text()  # the check is there
 
 
 def test_weight_decay_skips_biases_and_norm_scales():
@@ -327,9 +364,24 @@ def test_workdir_of_another_config_is_refused_before_it_changes(finished_run, ch
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
 
 
-def test_negative_seed_names_the_field(tmp_path):
+@pytest.mark.parametrize("seed", [-1, True])
+def test_bad_seed_names_the_field(tmp_path, seed):
     with pytest.raises(ValueError, match=r"train\.seed"):
-        train_and_evaluate(_tiny_config(seed=-1), tmp_path)
+        train_and_evaluate(_tiny_config(seed=seed), tmp_path)
+
+
+def test_resume_with_other_logging_and_checkpointing_is_accepted(finished_run, tmp_path):
+    config, workdir, result = finished_run
+    run = _copy(workdir, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "12")  # killed after step 10's checkpoint
+    (run / "result.json").unlink()
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.train.update(log_every=1, eval_every=5, checkpoint_every=3, keep=1)
+    other.mesh.data = 1
+    resumed = train_and_evaluate(other, run)
+    assert resumed.steps == 12 and resumed.eval_loss == pytest.approx(result.eval_loss, rel=1e-6)
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [4, 8, 11, 12]
+    assert json.loads((run / "config.json").read_text())["train"]["log_every"] == 1
 
 
 @pytest.mark.parametrize(
@@ -357,6 +409,7 @@ def test_default_sweep_workdirs_differ_by_config_and_not_by_shard(monkeypatch, t
     changed.train.steps = 10
     sharded = sweep_config.get_config()
     sharded.sweep.shard, sharded.sweep.retry_failed = "1/4", True
+    sharded.mesh.data, sharded.train.log_every = 2, 7
     paths = [sweep_lib.default_workdir(c) for c in (main, tiny, changed)]
     assert len(set(paths)) == 3 and all(p.parent == tmp_path for p in paths)
     assert sweep_lib.default_workdir(sharded) == paths[0]
@@ -383,3 +436,40 @@ def test_merge_lists_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatc
     assert [(r["heads"], r["status"]) for r in rows] == [(1, "ok"), (3, "missing"), (8, "nan")]
     with pytest.raises(ValueError, match="workdir="):
         sweep_lib.merge_results(tmp_path / "nonexistent")
+
+
+def test_sweep_checks_build_the_task_once(tmp_path, monkeypatch):
+    from attnjax.training import loop
+
+    built = []
+    build = loop.build_task
+    counting = lambda config, **kw: built.append(kw) or build(config, **kw)
+    monkeypatch.setattr(loop, "build_task", counting)
+    monkeypatch.setattr(sweep_lib, "build_task", counting)
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    config = sweep_config.get_config("tiny")
+    sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    assert len(sweep_lib.sweep_points(config)) == 4 and len(built) == 1
+
+
+@pytest.mark.parametrize(
+    "sweep, field",
+    [
+        (dict(heads=(1, True)), r"sweep\.heads=\[1, True\] must be"),
+        (dict(layers=(1.0,)), r"sweep\.layers=\[1\.0\] must be"),
+        (dict(layers=()), r"sweep\.layers=\[\] must be"),
+        (dict(head_dim=True), r"sweep\.head_dim must be an int, got True"),
+    ],
+)
+def test_sweep_grid_must_be_ints(sweep, field):
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(sweep)
+    with pytest.raises(ValueError, match=field):
+        sweep_lib.sweep_points(config)
+
+
+def test_sweep_grid_takes_numpy_ints():
+    config = ml_collections.ConfigDict(sweep_config.get_config("tiny").to_dict())
+    config.sweep.heads = (np.int64(2),)
+    points = sweep_lib.sweep_points(config)
+    assert [p.name for p in points] == ["h2_l1", "h2_l2"] and type(points[0].heads) is int

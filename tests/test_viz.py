@@ -74,6 +74,7 @@ def test_head_grid_has_one_axes_per_layer_and_head(tmp_path):
         (dict(layers=[]), r"layers=\[\] must be a non-empty list"),
         (dict(heads=[0, 3]), r"heads=\[0, 3\] must be .* indices in \[0, 3\)"),
         (dict(heads=[1.0]), r"heads=\[1.0\] must be"),
+        (dict(heads=[True]), r"heads=\[True\] must be"),
     ],
 )
 def test_head_grid_rejects_layers_or_heads_out_of_range(kwargs, message, monkeypatch):

@@ -5,7 +5,7 @@ from attnjax.training.loop import RunResult, train_and_evaluate
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.sharding import make_mesh, shard_batch, state_shardings
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
-from attnjax.training.step import make_eval_step, make_train_step, masked_metrics
+from attnjax.training.step import make_eval_step, make_train_step, masked_metrics, pool_metrics
 from attnjax.training.sweep import format_results, merge_results, run_sweep
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "masked_metrics",
+    "pool_metrics",
     "merge_results",
     "read_metrics",
     "run_sweep",

@@ -6,7 +6,8 @@
 (``checkpoints/``) and ``result.json``. Started again with the same config and workdir it resumes
 from the newest checkpoint, and ends with exactly the parameters of an uninterrupted run
 (batches are a pure function of ``(seed, step)``). A workdir that holds a run of a different
-config is refused (``ValueError`` naming the differing keys) before anything in it changes.
+config is refused (``ValueError`` naming the differing keys) before anything in it changes;
+only ``BOOKKEEPING_KEYS`` (mesh, logging and checkpoint intervals) may differ.
 """
 
 from __future__ import annotations
@@ -23,27 +24,40 @@ import numpy as np
 from absl import logging
 
 from attnjax.data import make_task
+from attnjax.functional._checks import as_int
 from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
-from attnjax.training.step import make_eval_step, make_train_step
+from attnjax.training.step import make_eval_step, make_train_step, pool_metrics
 
 __all__ = [
     "RunResult",
+    "BOOKKEEPING_KEYS",
     "build_task",
     "check_run_config",
     "check_same_config",
     "model_config_for",
     "prepare_workdir",
+    "results_description",
     "train_and_evaluate",
 ]
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out batches come from another stream
-# Keys that change how a run is laid out or bookkept, not what it computes.
-LAYOUT_KEYS = ("mesh", "distributed", "sweep.shard", "sweep.retry_failed")
+# Config keys that change how a run (or a sweep) is laid out, logged or checkpointed, never
+# what it computes: a run resumes, and a sweep shard joins its sweep, with any of them changed.
+BOOKKEEPING_KEYS = (
+    "mesh",
+    "distributed",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep",
+    "sweep.shard",
+    "sweep.retry_failed",
+)
 
 
 @dataclasses.dataclass
@@ -119,10 +133,26 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def results_description(config) -> dict[str, Any]:
+    """What a run's (or sweep's) results depend on: ``config`` as JSON-able nested dicts
+    without the ``BOOKKEEPING_KEYS``."""
+    description = json.loads(json.dumps(config.to_dict(), default=str))
+    for key in BOOKKEEPING_KEYS:
+        *parents, leaf = key.split(".")
+        section = description
+        for parent in parents:
+            section = section.get(parent, {})
+        section.pop(leaf, None)
+    return description
+
+
 def _differing_keys(old: Any, new: Any, ignore: tuple[str, ...]) -> list[str]:
     old_flat, new_flat = _flatten(old), _flatten(new)
-    ignored = lambda key: any(key == i or key.startswith(i + ".") for i in ignore)
-    keys = sorted(k for k in old_flat.keys() | new_flat.keys() if not ignored(k))
+    keys = sorted(k for k in old_flat.keys() | new_flat.keys() if not _is_under(k, ignore))
     missing = "(absent)"
     return [
         f"{k}: {old_flat.get(k, missing)!r} there, {new_flat.get(k, missing)!r} now"
@@ -136,15 +166,15 @@ def check_same_config(
     description: dict[str, Any],
     *,
     filename: str = "config.json",
-    ignore: tuple[str, ...] = (),
+    ignore: tuple[str, ...] = BOOKKEEPING_KEYS,
     what: str = "run",
     write: bool = True,
 ) -> None:
     """Refuse to reuse ``workdir`` for another config, then record ``description`` there.
 
     ``description`` (nested dicts) is compared with ``workdir/filename`` if that exists; keys
-    under ``ignore`` (dotted, e.g. ``"sweep.shard"``) may differ. Raises ``ValueError`` naming
-    the workdir and the differing keys, before anything is written.
+    under ``ignore`` (dotted, e.g. ``"sweep.shard"``; default ``BOOKKEEPING_KEYS``) may differ.
+    Raises ``ValueError`` naming the workdir and the differing keys, before anything is written.
     """
     path = workdir / filename
     text = json.dumps(description, sort_keys=True, indent=2, default=str)
@@ -166,19 +196,16 @@ def check_same_config(
 
 def _check_train_config(train) -> None:
     for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches"):
-        value = train[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{name} must be a positive int, got {value!r}")
-    seed = train.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"train.seed must be a non-negative int, got {seed!r}")
+        as_int(f"train.{name}", train[name], minimum=1)
+    as_int("train.seed", train.seed, minimum=0)
 
 
-def check_run_config(config) -> tuple[Any, ModelConfig]:
+def check_run_config(config, task=None) -> tuple[Any, ModelConfig]:
     """The task and ``ModelConfig`` of a run config, after checking ``config.train``;
-    ``ValueError`` naming the field for any impossible setting (nothing is trained)."""
+    ``ValueError`` naming the field for any impossible setting (nothing is trained).
+    ``task``: the config's task if already built (``build_task(config)``; not built again)."""
     _check_train_config(config.train)
-    task = build_task(config)
+    task = build_task(config) if task is None else task
     return task, model_config_for(config, task)
 
 
@@ -204,12 +231,12 @@ def _host_metrics(metrics) -> dict[str, float]:
 
 
 def _evaluate(eval_step, params, eval_task, batch_size, num_batches, mesh) -> dict[str, float]:
-    totals: dict[str, float] = {}
+    """Metrics over all answers of ``num_batches`` held-out batches (``pool_metrics``)."""
+    per_batch = []
     for i in range(num_batches):
         batch = sharding_lib.shard_batch(eval_task.batch(i, batch_size), mesh)
-        for k, v in _host_metrics(eval_step(params, batch)).items():
-            totals[k] = totals.get(k, 0.0) + v / num_batches
-    return totals
+        per_batch.append(eval_step(params, batch))
+    return pool_metrics([_host_metrics(m) for m in per_batch])
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
@@ -225,7 +252,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     eval_task = build_task(config, seed_offset=EVAL_SEED_OFFSET)
     workdir = prepare_workdir(workdir)
     chief = jax.process_index() == 0  # on many hosts, one writes the files (orbax syncs itself)
-    check_same_config(workdir, config.to_dict(), ignore=LAYOUT_KEYS, write=chief)
+    check_same_config(workdir, config.to_dict(), write=chief)
     finished = _finished_result(workdir, train.steps)
     if finished is not None:
         return finished

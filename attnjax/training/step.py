@@ -5,7 +5,7 @@ Loss and accuracy are averaged over the positions where ``loss_mask`` is 1 (the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,10 @@ from flax import nnx
 from jaxtyping import Float, Int
 
 from attnjax.functional._types import ArrayT
+from attnjax.layers import trusted_inputs
 from attnjax.training.state import TrainState
 
-__all__ = ["masked_metrics", "make_train_step", "make_eval_step"]
+__all__ = ["make_eval_step", "make_train_step", "masked_metrics", "pool_metrics"]
 
 
 def masked_metrics(
@@ -27,32 +28,52 @@ def masked_metrics(
     """Mean cross-entropy and accuracy over masked positions; ``sequence_accuracy`` counts a
     sequence right only if all its masked positions are right (over rows with any).
 
-    Returns scalars ``loss``, ``accuracy``, ``sequence_accuracy`` and ``count`` (the number of
-    masked positions). With no masked position at all, every mean is over nothing: ``loss``,
-    ``accuracy`` and ``sequence_accuracy`` are 0 (never NaN, never a perfect score) and
-    ``count`` is 0, which tells this case apart.
+    Returns scalars ``loss``, ``accuracy``, ``sequence_accuracy``, ``count`` (the number of
+    masked positions, the weight of ``loss`` and ``accuracy``) and ``sequences`` (the number
+    of rows with any, the weight of ``sequence_accuracy``); ``pool_metrics`` combines the
+    metrics of several batches with these weights. With no masked position at all, every mean
+    is over nothing: ``loss``, ``accuracy`` and ``sequence_accuracy`` are 0 (never NaN, never
+    a perfect score) and ``count`` is 0, which tells this case apart.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     mask = loss_mask.astype(jnp.float32)
-    count = mask.sum()
-    right = (jnp.argmax(logits, axis=-1) == targets) & (mask > 0)
-    wrong = (jnp.argmax(logits, axis=-1) != targets) & (mask > 0)
-    has_answer = mask.sum(axis=1) > 0
-    sequences_right = jnp.where(has_answer, ~wrong.any(axis=1), False).sum()
+    answered = mask > 0
+    wrong = answered & (jnp.argmax(logits, axis=-1) != targets)
+    has_answer = answered.any(axis=1)
+    count, sequences = mask.sum(), has_answer.sum().astype(jnp.float32)
+    sequences_right = (has_answer & ~wrong.any(axis=1)).sum()
     return {
         "loss": (nll * mask).sum() / jnp.maximum(count, 1.0),
-        "accuracy": right.sum() / jnp.maximum(count, 1.0),
-        "sequence_accuracy": sequences_right / jnp.maximum(has_answer.sum(), 1),
+        "accuracy": (answered & ~wrong).sum() / jnp.maximum(count, 1.0),
+        "sequence_accuracy": sequences_right / jnp.maximum(sequences, 1.0),
         "count": count,
+        "sequences": sequences,
     }
+
+
+# Each mean of ``masked_metrics`` and the count it is a mean over.
+_WEIGHTS = {"loss": "count", "accuracy": "count", "sequence_accuracy": "sequences"}
+
+
+def pool_metrics(per_batch: Sequence[Mapping[str, float | jax.Array]]) -> dict[str, float]:
+    """The ``masked_metrics`` of several batches as if of one batch holding them all: each
+    mean weighted by its count (batches with more answers weigh more), counts summed. A mean
+    over no answer at all is 0, as in ``masked_metrics``."""
+    totals = {name: sum(float(m[name]) for m in per_batch) for name in set(_WEIGHTS.values())}
+    pooled = dict(totals)
+    for name, weight in _WEIGHTS.items():
+        weighted = sum(float(m[name]) * float(m[weight]) for m in per_batch)
+        pooled[name] = weighted / totals[weight] if totals[weight] > 0 else 0.0
+    return pooled
 
 
 def _forward(graphdef, params, rest, batch, dropout_key=None):
     model = nnx.merge(graphdef, params, rest)
     if dropout_key is not None:
         nnx.reseed(model, default=dropout_key)
-    logits = model(batch.inputs)
+    with trusted_inputs():  # attnjax.data's tokens fit the model (checked by model_config_for)
+        logits = model(batch.inputs)
     return masked_metrics(logits, batch.targets, batch.loss_mask)
 
 

@@ -24,11 +24,13 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from attnjax.functional._checks import as_int
 from attnjax.training.loop import (
     build_task,
     check_run_config,
     check_same_config,
     prepare_workdir,
+    results_description,
     train_and_evaluate,
 )
 from attnjax.training.progress import progress_bar
@@ -67,7 +69,6 @@ COLUMNS = (
     "reason",
 )
 FIXED = ("model_dim", "head_dim")
-BOOKKEEPING = ("shard", "retry_failed")  # sweep settings that may differ between shards/reruns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,19 +92,26 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return index, count
 
 
+def _positive_ints(name: str, values) -> list[int]:
+    values = list(values)
+    try:
+        numbers = [as_int(name, value, minimum=1) for value in values]
+    except ValueError:
+        numbers = []
+    if not numbers:
+        raise ValueError(f"{name}={values} must be a non-empty list of positive ints")
+    return numbers
+
+
 def sweep_points(config) -> list[SweepPoint]:
     """All points of ``config.sweep`` (heads × layers), in order."""
     sweep = config.sweep
-    for name in ("heads", "layers"):
-        values = list(sweep[name])
-        if not values or any(not isinstance(v, int) or v < 1 for v in values):
-            raise ValueError(f"sweep.{name}={values} must be a non-empty list of positive ints")
+    heads = _positive_ints("sweep.heads", sweep.heads)
+    layers = _positive_ints("sweep.layers", sweep.layers)
     if sweep.fixed not in FIXED:
         raise ValueError(f"sweep.fixed={sweep.fixed!r} is unknown; choose one of {list(FIXED)}")
-    head_dim = sweep.head_dim  # used at fixed head_dim only, but never meaningless
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-        raise ValueError(f"sweep.head_dim={head_dim!r} must be a positive int")
-    return [SweepPoint(h, n) for n in sweep.layers for h in sweep.heads]
+    as_int("sweep.head_dim", sweep.head_dim, minimum=1)  # used at fixed head_dim only
+    return [SweepPoint(h, n) for n in layers for h in heads]
 
 
 def point_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
@@ -172,11 +180,9 @@ def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
 
 
 def sweep_description(config) -> dict[str, Any]:
-    """What makes two sweeps the same one: the config without shard/retry settings."""
-    description = json.loads(json.dumps(config.to_dict(), default=str))
-    for key in BOOKKEEPING:
-        description["sweep"].pop(key, None)
-    return description
+    """What makes two sweeps the same one: the config without its ``BOOKKEEPING_KEYS`` (shard
+    and retry settings, mesh, logging and checkpoint intervals)."""
+    return results_description(config)
 
 
 def _check_buildable(config, points: list[SweepPoint]) -> None:
@@ -185,11 +191,11 @@ def _check_buildable(config, points: list[SweepPoint]) -> None:
     (e.g. 3 heads of a 16-wide model) is recorded as failed when its turn comes."""
     from attnjax.training import sharding
 
-    build_task(config)  # the task is shared by every point
+    task = build_task(config)  # the task is shared by every point: built once
     errors = []
     for point in points:
         try:
-            check_run_config(point_config(config, point))
+            check_run_config(point_config(config, point), task)
         except ValueError as error:
             errors.append((point, error))
     if len(errors) == len(points):
@@ -208,9 +214,7 @@ def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[s
     index, count = parse_shard(config.sweep.shard)
     _check_buildable(config, points)
     workdir = prepare_workdir(workdir)
-    check_same_config(
-        workdir, sweep_description(config), filename="sweep_config.json", what="sweep"
-    )
+    check_same_config(workdir, config.to_dict(), filename="sweep_config.json", what="sweep")
     mine = points[index::count]
     with progress_bar(len(mine), desc="sweep", unit="point") as bar:
         for point in mine:
@@ -351,9 +355,9 @@ def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
 
 def default_workdir(config) -> pathlib.Path:
     """``~/attnjax_runs/sweep_<task>_fixed_<model_dim|head_dim>_<hash>`` (``ATTNJAX_RUNS``
-    moves the root; ``--workdir`` overrides it). The hash is of the whole sweep config less its
-    shard/retry settings: the same sweep (and its shards) reuses its workdir, another never
-    collides with it."""
+    moves the root; ``--workdir`` overrides it). The hash is of ``sweep_description``: the same
+    sweep (its shards too, whatever their mesh) reuses its workdir, another never collides with
+    it."""
     root = pathlib.Path(os.environ.get("ATTNJAX_RUNS", "~/attnjax_runs")).expanduser()
     text = json.dumps(sweep_description(config), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 import numpy as np
 
+from attnjax.functional._checks import as_int
 from attnjax.viz._figures import new_figure, save_figure
 
 __all__ = [
@@ -60,12 +61,13 @@ def _check_indices(name: str, chosen, size: int) -> list[int]:
     if chosen is None:
         return list(range(size))
     chosen = list(chosen)
-    if not chosen or not all(
-        isinstance(i, int | np.integer) and not isinstance(i, bool) and 0 <= i < size
-        for i in chosen
-    ):
+    try:
+        indices = [as_int(name, i, minimum=0) for i in chosen]
+    except ValueError:
+        indices = []
+    if not indices or max(indices) >= size:
         raise ValueError(f"{name}={chosen} must be a non-empty list of indices in [0, {size})")
-    return [int(i) for i in chosen]
+    return indices
 
 
 def attention_heatmap(
