@@ -53,17 +53,16 @@ def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
     available = len(devices)
     if model < 1:
         raise ValueError(f"mesh.model must be positive, got {model}")
-    if data == -1 and model > available:
+    if data < 1 and data != -1:
+        raise ValueError(f"mesh.data must be positive (or -1: all devices left), got {data}")
+    needed = model * max(data, 1)  # data=-1 needs one device per model shard at least
+    if needed > available:
         raise ValueError(
-            f"mesh.model={model} asks for at least {model} devices but only {available} exist"
+            f"mesh.data={data} x mesh.model={model} asks for {needed} devices but "
+            f"only {available} exist"
         )
     if data == -1:
         data = available // model
-    if data < 1 or data * model > available:
-        raise ValueError(
-            f"mesh.data={data} x mesh.model={model} asks for {data * model} devices but "
-            f"only {available} exist"
-        )
     grid = np.array(devices[: data * model]).reshape(data, model)
     return Mesh(grid, ("data", "model"))
 
