@@ -46,7 +46,6 @@ __all__ = [
     "default_workdir",
     "recorded_points",
     "run_sweep",
-    "sweep_description",
     "sweep_points",
 ]
 
@@ -177,12 +176,6 @@ def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
         )
     row.update(extra)
     return row
-
-
-def sweep_description(config) -> dict[str, Any]:
-    """What makes two sweeps the same one: the config without its ``BOOKKEEPING_KEYS`` (shard
-    and retry settings, mesh, logging and checkpoint intervals)."""
-    return results_description(config)
 
 
 def _check_buildable(config, points: list[SweepPoint]) -> None:
@@ -355,10 +348,10 @@ def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
 
 def default_workdir(config) -> pathlib.Path:
     """``~/attnjax_runs/sweep_<task>_fixed_<model_dim|head_dim>_<hash>`` (``ATTNJAX_RUNS``
-    moves the root; ``--workdir`` overrides it). The hash is of ``sweep_description``: the same
+    moves the root; ``--workdir`` overrides it). The hash is of ``results_description``: the same
     sweep (its shards too, whatever their mesh) reuses its workdir, another never collides with
     it."""
     root = pathlib.Path(os.environ.get("ATTNJAX_RUNS", "~/attnjax_runs")).expanduser()
-    text = json.dumps(sweep_description(config), sort_keys=True)
+    text = json.dumps(results_description(config), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return root / f"sweep_{config.task.name}_fixed_{config.sweep.fixed}_{digest}"
