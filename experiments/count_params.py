@@ -92,26 +92,27 @@ def format_summary(values: dict) -> str:
 
     b, t = values["batch_size"], values["seq_len"]
     grid = "causal, half the grid" if values["causal"] else "non-causal, full grid"
-    lines = [
+    decoding = values["decode_flops_per_token"] is not None
+    return "\n".join([
         f"measured on the module (nnx.eval_shape): {values['measured_total']:,} parameters "
         f"(analytic full count {values['full_total']:,}: equal)",
         f"forward FLOPs per token (T={t}, {grid}): {values['flops_per_token']:,.0f}",
         f"forward FLOPs per sequence: {values['flops_per_sequence']:,}",
         f"training FLOPs per token (3 x forward): {values['training_flops_per_token']:,.0f}",
+        *(
+            [f"decode FLOPs per new token at context {t} (KV cache): "
+             f"{values['decode_flops_per_token']:,}"]
+            if decoding else []
+        ),
         "parameter memory: "
         + ", ".join(f"{d} {format_bytes(n)}" for d, n in values["param_bytes"].items()),
         f"attention grid per layer (B={b}, N={values['num_heads']}, T=S={t}, float32): "
         f"{format_bytes(values['attention_grid_bytes_per_layer'])}",
-    ]
-    if values["decode_flops_per_token"] is not None:
-        lines.insert(
-            4,
-            f"decode FLOPs per new token at context {t} (KV cache): "
-            f"{values['decode_flops_per_token']:,}",
-        )
-    if values["kv_cache_bytes"] is not None:
-        lines.append(f"KV cache (B={b}, S={t}, float32): {format_bytes(values['kv_cache_bytes'])}")
-    return "\n".join(lines)
+        *(
+            [f"KV cache (B={b}, S={t}, float32): {format_bytes(values['kv_cache_bytes'])}"]
+            if values["kv_cache_bytes"] is not None else []
+        ),
+    ])  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
