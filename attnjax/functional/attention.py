@@ -8,8 +8,10 @@ For one example and one head:
 
 ``dot_product_attention`` lifts this with ``jax.vmap`` over the G query heads that share a
 key/value head, then over the K key/value heads, then over the batch. Faster paths
-(``"einsum"``, ``"xla"``, ``"cudnn"``) are other implementations of the same function and are
-tested to agree with it.
+(``"einsum"``, ``"blocked"``, ``"xla"``, ``"cudnn"``, ``"pallas_tpu"``) are other
+implementations of the same function and are tested to agree with it. ``"blocked"``
+(``attnjax/functional/blocked.py``) never builds the ``[T, S]`` grid, forward or backward.
+``implementation=None`` takes :func:`choose_implementation`'s pick for the backend and call.
 
 Shape letters: B batch, T queries, S keys, N query heads, K key/value heads, G = N/K,
 H query/key width, R value width.
@@ -21,6 +23,8 @@ implementation. It is never NaN.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Literal
 
@@ -28,8 +32,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Bool, Float, Int, Shaped
 
+from attnjax.functional import blocked as blocked_lib
 from attnjax.functional import masks as masks_lib
-from attnjax.functional._checks import per_example_lengths
+from attnjax.functional._checks import as_int, per_example_lengths
 from attnjax.functional._types import ArrayT, Scalar
 
 __all__ = [
@@ -37,14 +42,17 @@ __all__ = [
     "attend",
     "attention_pattern",
     "attention_scores",
+    "choose_implementation",
     "dot_product_attention",
     "masked_softmax",
     "single_head_attention",
 ]
 
-Implementation = Literal["vmap", "einsum", "xla", "cudnn"]
-IMPLEMENTATIONS: tuple[str, ...] = ("vmap", "einsum", "xla", "cudnn")
+Implementation = Literal["vmap", "einsum", "blocked", "xla", "cudnn", "pallas_tpu"]
+IMPLEMENTATIONS: tuple[str, ...] = ("vmap", "einsum", "blocked", "xla", "cudnn", "pallas_tpu")
 _NEEDS_JAX_NN = ("xla", "cudnn")
+_GIVES_LSE = ("einsum", "blocked")
+_log = logging.getLogger("attnjax")
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,10 +166,14 @@ def dot_product_attention(
     query_seq_lengths: Int[ArrayT, " B"] | None = None,
     key_value_seq_lengths: Int[ArrayT, " B"] | None = None,
     local_window_size: masks_lib.Window | None = None,
+    query_segment_ids: Int[ArrayT, "B T"] | None = None,
+    key_segment_ids: Int[ArrayT, "B S"] | None = None,
     implementation: str | None = None,
     return_pattern: bool = False,
+    return_lse: bool = False,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    block_sizes: tuple[int, int] | None = None,
 ):
     """Multi-head scaled dot-product attention; a drop-in for ``jax.nn.dot_product_attention``.
 
@@ -178,19 +190,33 @@ def dot_product_attention(
         padding.
       local_window_size: ``(left, right)`` or an int: query ``i`` sees keys in
         ``[i - left, i + right]``.
+      query_segment_ids, key_segment_ids: ``[B, T]`` and ``[B, S]`` ints for packed sequences:
+        a query sees only keys with the same id (``key_segment_ids`` defaults to
+        ``query_segment_ids`` when T = S). The blocked path reads them block by block instead
+        of building a ``[T, S]`` mask.
       implementation: ``"vmap"`` (the reference: the single-head function vmapped over heads
-        and batch), ``"einsum"``, ``"xla"`` or ``"cudnn"`` (both through
-        ``jax.nn.dot_product_attention``; they need R == H, one dtype for query, key and value,
-        no dropout and no returned pattern). ``None`` takes ``"xla"`` where it supports the
-        call, else ``"einsum"``. ``"cudnn"`` also needs an NVIDIA GPU, float16 or bfloat16
+        and batch), ``"einsum"``, ``"blocked"`` (flash-style: key/value blocks with an online
+        softmax and its own backward pass, O(T) memory; no pattern, no dropout), ``"xla"`` or
+        ``"cudnn"`` (both through ``jax.nn.dot_product_attention``; they need R == H, one
+        dtype for query, key and value, no dropout and no returned pattern), ``"pallas_tpu"``
+        (the Pallas TPU flash kernel; see :func:`choose_implementation`). ``None`` (default)
+        takes :func:`choose_implementation`'s pick, logged once per distinct choice on the
+        ``"attnjax"`` logger. ``"cudnn"`` also needs an NVIDIA GPU, float16 or bfloat16
         inputs, H a multiple of 8 and at most 256 (128 before Hopper), and a window that looks
         only left (``(left, 0)``) unless ``is_causal``; other calls raise ``ValueError``.
       return_pattern: also return the pattern ``[B, N, T, S]`` (float32, before dropout).
+      return_lse: also return the log-sum-exp ``[B, N, T]`` (float32) of each row's scaled,
+        biased scores over its allowed keys (``-inf`` for a row with none), from which any
+        tile of the pattern can be recomputed (``attnjax.analysis.pattern_tile``). Given by
+        ``"blocked"`` and ``"einsum"``.
       dropout_rate, dropout_rng: dropout on the pattern (vmap/einsum only).
+      block_sizes: ``(block_q, block_k)`` for ``"blocked"`` (default
+        ``blocked.DEFAULT_BLOCK_SIZES``).
 
     Returns:
       ``[B, T, N, R]`` (batch axis dropped for 3-D inputs), in the value dtype; with
-      ``return_pattern`` a tuple ``(out, pattern)``.
+      ``return_pattern`` and/or ``return_lse`` a tuple ``(out, pattern)``, ``(out, lse)`` or
+      ``(out, pattern, lse)``.
 
     A query row whose keys are all masked outputs zeros (finite, zero gradients).
     """
@@ -205,6 +231,9 @@ def dot_product_attention(
         key_value_seq_lengths = per_example_lengths(
             "key_value_seq_lengths", key_value_seq_lengths, batch
         )
+    query_segment_ids, key_segment_ids = _segment_ids(
+        query_segment_ids, key_segment_ids, batch, q_len, k_len, unbatched
+    )
     target = (batch, num_heads, q_len, k_len)
     mask = _check_broadcastable("mask", mask, target, boolean=True, letters="B, N, T, S")
     bias = _check_broadcastable("bias", bias, target, boolean=False, letters="B, N, T, S")
@@ -213,37 +242,123 @@ def dot_product_attention(
         bias = jnp.where(bias > -jnp.inf, bias, 0.0)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
-    implementation = _choose_implementation(
-        implementation,
-        (query, key, value),
-        window=window,
+    call = dict(
+        bias=bias,
+        mask=mask,
         is_causal=is_causal,
+        local_window_size=window,
+        segment_ids=query_segment_ids is not None,
         return_pattern=return_pattern,
         dropout_rate=dropout_rate,
     )
-    combined = _combined_mask(
-        mask, is_causal, window, query_seq_lengths, key_value_seq_lengths, q_len, k_len
-    )
-    keep = _dropout_keep(dropout_rate, dropout_rng, target)
-
-    if implementation == "vmap":
-        out, pattern = _vmap_attention(query, key, value, bias, combined, scale, keep)
-    elif implementation == "einsum":
-        out, pattern = _einsum_attention(query, key, value, bias, combined, scale, keep)
-    else:
+    implementation = _checked_implementation(implementation, (query, key, value), call)
+    if return_lse and implementation not in _GIVES_LSE:
+        raise ValueError(
+            f"return_lse=True needs implementation='blocked' or 'einsum', got {implementation!r}"
+        )
+    block_sizes = _check_block_sizes(block_sizes)
+    lse = None
+    if implementation == "blocked":
         pattern = None
-        native = dict(
-            mask=mask,
+        out, lse = blocked_lib.blocked_attention(
+            query,
+            key,
+            value,
+            scale=scale,
             is_causal=is_causal,
+            window=window,
             query_seq_lengths=query_seq_lengths,
             key_value_seq_lengths=key_value_seq_lengths,
-            local_window_size=window,
+            query_segment_ids=query_segment_ids,
+            key_segment_ids=key_segment_ids,
+            mask=mask,
+            bias=bias,
+            block_sizes=block_sizes,
         )
-        out = _jax_nn_attention(query, key, value, bias, combined, scale, implementation, native)
+    elif implementation == "pallas_tpu":
+        pattern = None
+        out = _pallas_tpu_attention(
+            query,
+            key,
+            value,
+            scale,
+            is_causal,
+            query_seq_lengths,
+            key_value_seq_lengths,
+            query_segment_ids,
+            key_segment_ids,
+        )
+    else:
+        combined = _combined_mask(
+            mask, is_causal, window, query_seq_lengths, key_value_seq_lengths, q_len, k_len
+        )
+        if query_segment_ids is not None:
+            segments = masks_lib.segment_mask(query_segment_ids, key_segment_ids)
+            combined = masks_lib.combine_masks(combined, segments)
+        keep = _dropout_keep(dropout_rate, dropout_rng, target)
+        if implementation == "vmap":
+            out, pattern = _vmap_attention(query, key, value, bias, combined, scale, keep)
+        elif implementation == "einsum":
+            out, pattern, lse = _einsum_attention(query, key, value, bias, combined, scale, keep)
+        else:
+            pattern = None
+            native = dict(
+                mask=mask,
+                is_causal=is_causal,
+                query_seq_lengths=query_seq_lengths,
+                key_value_seq_lengths=key_value_seq_lengths,
+                local_window_size=window,
+            )
+            if query_segment_ids is not None:  # jax.nn takes no segment ids: pass them as a mask
+                native["mask"] = masks_lib.combine_masks(mask, segments)
+            out = _jax_nn_attention(
+                query, key, value, bias, combined, scale, implementation, native
+            )
     if unbatched:
         out = out[0]
         pattern = None if pattern is None else pattern[0]
-    return (out, pattern) if return_pattern else out
+        lse = None if lse is None else lse[0]
+    extras = ((pattern,) if return_pattern else ()) + ((lse,) if return_lse else ())
+    return (out, *extras) if extras else out
+
+
+def _segment_ids(query_ids, key_ids, batch, q_len, k_len, unbatched):
+    if query_ids is None and key_ids is None:
+        return None, None
+    if query_ids is None:
+        raise ValueError("key_segment_ids needs query_segment_ids")
+    if key_ids is None:
+        if q_len != k_len:
+            raise ValueError(
+                f"key_segment_ids is required when query length T={q_len} differs from key "
+                f"length S={k_len}"
+            )
+        key_ids = query_ids
+    named = (("query_segment_ids", query_ids, q_len, "T"), ("key_segment_ids", key_ids, k_len, "S"))
+    checked = []
+    for name, ids, length, letter in named:
+        ids = jnp.asarray(ids)
+        if unbatched and ids.ndim == 1:
+            ids = ids[None]
+        if ids.shape != (batch, length):
+            raise ValueError(
+                f"{name} must have shape [B, {letter}] = {[batch, length]}, got {ids.shape}"
+            )
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"{name} must be integers, got dtype {ids.dtype}")
+        checked.append(ids)
+    return tuple(checked)
+
+
+def _check_block_sizes(block_sizes):
+    if block_sizes is None:
+        return None
+    if not isinstance(block_sizes, tuple | list) or len(block_sizes) != 2:
+        raise ValueError(f"block_sizes must be a (block_q, block_k) pair, got {block_sizes!r}")
+    return tuple(
+        as_int(name, b, minimum=1)
+        for name, b in zip(("block_q", "block_k"), block_sizes, strict=True)
+    )
 
 
 def _named(query, key, value):
@@ -303,20 +418,80 @@ def _check_broadcastable(name, x, target, *, boolean: bool, letters: str):
     return x.reshape((1,) * (rank - x.ndim) + x.shape)
 
 
-def _choose_implementation(implementation, qkv, *, window, is_causal, return_pattern, dropout_rate):
+def choose_implementation(
+    query,
+    key,
+    value,
+    *,
+    bias=None,
+    mask=None,
+    is_causal: bool = False,
+    local_window_size: masks_lib.Window | None = None,
+    segment_ids: bool = False,
+    return_pattern: bool = False,
+    dropout_rate: float = 0.0,
+    backend: str | None = None,
+) -> str:
+    """The implementation ``dot_product_attention(implementation=None)`` runs for this call.
+
+    Arguments are those of the call (shapes ``[B, T, N, H]`` etc.; ``segment_ids`` says
+    whether segment ids are given); ``backend`` defaults to ``jax.default_backend()``.
+
+    - A returned pattern or dropout needs the grid: ``"einsum"``.
+    - NVIDIA GPU: ``"cudnn"`` (through ``jax.nn.dot_product_attention``) where it supports the
+      call (float16/bfloat16, H a multiple of 8, ...), else ``"blocked"``.
+    - TPU: ``"pallas_tpu"`` (Pallas flash kernel) where it supports the call, else ``"blocked"``.
+    - Otherwise (CPU): ``"blocked"``, which measured faster than the alternatives there
+      (``experiments/benchmark.py``) and never needs O(T²) memory.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
+    call = dict(
+        bias=bias,
+        mask=mask,
+        is_causal=is_causal,
+        local_window_size=window,
+        segment_ids=segment_ids,
+        return_pattern=return_pattern,
+        dropout_rate=dropout_rate,
+    )
+    qkv = (query, key, value)
+    if return_pattern or dropout_rate > 0:
+        return "einsum"
+    if backend == "gpu" and not _unsupported("cudnn", qkv, call):
+        return "cudnn"
+    if backend == "tpu" and not _unsupported("pallas_tpu", qkv, call):
+        return "pallas_tpu"
+    return "blocked"
+
+
+_logged_choices: set[tuple[str, str]] = set()
+
+
+def _checked_implementation(implementation, qkv, call) -> str:
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation={implementation!r} is unknown; choose one of {IMPLEMENTATIONS}"
         )
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    unsupported = _jax_nn_unsupported(*qkv, return_pattern, dropout_rate)
+    if not 0.0 <= call["dropout_rate"] < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {call['dropout_rate']}")
     if implementation is None:
-        return "einsum" if unsupported else "xla"
-    if implementation == "cudnn" and not unsupported:
-        unsupported = _cudnn_unsupported(qkv[0], window, is_causal)
-    if implementation in _NEEDS_JAX_NN and unsupported:
-        others = "'xla', 'einsum' or 'vmap'" if implementation == "cudnn" else "'einsum' or 'vmap'"
+        chosen = choose_implementation(*qkv, **call)
+        if (jax.default_backend(), chosen) not in _logged_choices:
+            _logged_choices.add((jax.default_backend(), chosen))
+            _log.info(
+                "attnjax.dot_product_attention: implementation=None runs %r on %s",
+                chosen,
+                jax.default_backend(),
+            )
+        return chosen
+    unsupported = _unsupported(implementation, qkv, call)
+    if unsupported:
+        others = {
+            "cudnn": "'xla', 'blocked' or 'einsum'",
+            "xla": "'blocked' or 'einsum'",
+            "pallas_tpu": "'blocked' or 'einsum'",
+        }.get(implementation, "'einsum' or 'vmap'")
         raise ValueError(
             f"implementation={implementation!r} does not support this call: {unsupported}; "
             f"use implementation={others}"
@@ -326,11 +501,26 @@ def _choose_implementation(implementation, qkv, *, window, is_causal, return_pat
     return implementation
 
 
-def _jax_nn_unsupported(query, key, value, return_pattern, dropout_rate) -> str:
-    if return_pattern:
-        return "return_pattern=True (jax.nn does not expose the pattern)"
-    if dropout_rate > 0:
+def _unsupported(implementation: str, qkv, call) -> str:
+    """Why ``implementation`` cannot run this call ('' when it can)."""
+    query, key, value = qkv
+    if implementation in ("vmap", "einsum"):
+        return ""
+    if call["return_pattern"]:
+        return f"return_pattern=True ({implementation!r} never builds the pattern)"
+    if call["dropout_rate"] > 0:
         return "dropout_rate > 0"
+    if implementation == "blocked":
+        return ""
+    unsupported = _jax_nn_unsupported(query, key, value)
+    if unsupported or implementation == "xla":
+        return unsupported
+    if implementation == "cudnn":
+        return _cudnn_unsupported(query, call["local_window_size"], call["is_causal"])
+    return _pallas_tpu_unsupported(query, key, call)
+
+
+def _jax_nn_unsupported(query, key, value) -> str:
     if value.shape[-1] != query.shape[-1]:
         return f"value width R={value.shape[-1]} differs from query/key width H={query.shape[-1]}"
     if not query.dtype == key.dtype == value.dtype:
@@ -361,20 +551,85 @@ def _cudnn_unsupported(query, window, is_causal) -> str:
     return ""
 
 
-def _check_cudnn_device(query) -> None:
+def _cudnn_device_unsupported(query) -> str:
     if jax.default_backend() != "gpu":
-        raise ValueError(
-            "implementation='cudnn' needs an NVIDIA GPU, but the default backend is "
-            f"{jax.default_backend()!r}"
-        )
+        return f"it needs an NVIDIA GPU, but the default backend is {jax.default_backend()!r}"
     capability = getattr(jax.devices()[0], "compute_capability", "9.0")
     before_hopper = tuple(int(x) for x in str(capability).split(".")[:2]) < (9, 0)
     if before_hopper and query.shape[-1] > 128:
-        raise ValueError(
-            f"implementation='cudnn' does not support head width H={query.shape[-1]} on a GPU "
-            f"of compute capability {capability} (at most 128 before Hopper); "
-            "use implementation='xla'"
+        return (
+            f"head width H={query.shape[-1]} on a GPU of compute capability {capability} "
+            "(at most 128 before Hopper)"
         )
+    return ""
+
+
+def _check_cudnn_device(query) -> None:
+    unsupported = _cudnn_device_unsupported(query)
+    if unsupported:
+        raise ValueError(
+            f"implementation='cudnn' does not support this call: {unsupported}; "
+            "use implementation='xla' or 'blocked'"
+        )
+
+
+# The Pallas TPU flash kernel (jax.experimental.pallas.ops.tpu.flash_attention) takes
+# [B, N, T, H] with equal head counts, causal masks and segment ids, and blocks of 128.
+_PALLAS_BLOCK = 128
+
+
+def _pallas_tpu_unsupported(query, key, call) -> str:
+    if call["mask"] is not None or call["bias"] is not None:
+        return "a mask or bias argument (pass padding as seq lengths, packing as segment ids)"
+    if call["local_window_size"] is not None:
+        return "local_window_size"
+    q_len, k_len = query.shape[1], key.shape[1]
+    if q_len % _PALLAS_BLOCK or k_len % _PALLAS_BLOCK:
+        return f"T={q_len}, S={k_len} (both must be multiples of {_PALLAS_BLOCK})"
+    return ""
+
+
+def _pallas_tpu_attention(
+    query, key, value, scale, is_causal, q_lengths, kv_lengths, q_ids, kv_ids
+):
+    """The Pallas TPU flash kernel; off TPU it runs in Pallas's TPU interpret mode (slow)."""
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+
+    batch, q_len, num_heads, _ = query.shape
+    k_len = key.shape[1]
+    group = num_heads // key.shape[2]
+    # The kernel has no GQA: repeat each key/value head for the G query heads that share it.
+    key, value = (jnp.repeat(x, group, axis=2) for x in (key, value))
+    q_ok = (
+        jnp.ones((batch, q_len), bool)
+        if q_lengths is None
+        else (jnp.arange(q_len)[None] < q_lengths[:, None])
+    )
+    kv_ok = (
+        jnp.ones((batch, k_len), bool)
+        if kv_lengths is None
+        else (jnp.arange(k_len)[None] < kv_lengths[:, None])
+    )
+    segment_ids = None
+    if q_ids is not None or q_lengths is not None or kv_lengths is not None:
+        # Padding becomes segment -1 (never equal to a real id, which is made >= 0 here).
+        q_ids = jnp.zeros((batch, q_len), jnp.int32) if q_ids is None else q_ids - q_ids.min()
+        kv_ids = jnp.zeros((batch, k_len), jnp.int32) if kv_ids is None else kv_ids - kv_ids.min()
+        segment_ids = pallas_flash.SegmentIds(
+            q=jnp.where(q_ok, q_ids, -1).astype(jnp.int32),
+            kv=jnp.where(kv_ok, kv_ids, -2).astype(jnp.int32),
+        )
+    heads_first = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
+    call = functools.partial(pallas_flash.flash_attention, causal=is_causal, sm_scale=float(scale))
+    if jax.default_backend() == "tpu":
+        out = call(*heads_first, segment_ids=segment_ids)
+    else:
+        with pltpu.force_tpu_interpret_mode():
+            out = call(*heads_first, segment_ids=segment_ids)
+    out = jnp.swapaxes(out, 1, 2)
+    # Rows that see no key (padding, or causal rows before any valid key) are zeros here.
+    return jnp.where(q_ok[:, :, None, None], out, 0).astype(value.dtype)
 
 
 def _combined_mask(mask, is_causal, window, q_lengths, kv_lengths, q_len, k_len):
@@ -446,11 +701,23 @@ def _einsum_attention(query, key, value, bias, mask, scale, keep):
         scores = scores + _grouped(bias, num_kv_heads).astype(jnp.float32)
     if mask is None:  # -inf biases were turned into masks, so every score is finite here.
         pattern = jax.nn.softmax(scores, axis=-1)
+        lse = jax.nn.logsumexp(scores, axis=-1)
     else:
-        pattern = masked_softmax(scores, _grouped(mask, num_kv_heads))
+        mask = _grouped(mask, num_kv_heads)
+        pattern = masked_softmax(scores, mask)
+        lse = _masked_logsumexp(scores, mask)
     moved = pattern if keep is None else pattern * _grouped(keep, num_kv_heads)
     out = jnp.einsum("BKGTS,BSKR->BTKGR", moved.astype(value.dtype), value)
-    return out.reshape(batch, q_len, num_heads, -1), pattern.reshape(batch, num_heads, q_len, -1)
+    out = out.reshape(batch, q_len, num_heads, -1)
+    return out, pattern.reshape(batch, num_heads, q_len, -1), lse.reshape(batch, num_heads, q_len)
+
+
+def _masked_logsumexp(scores, mask):
+    """log Σ exp(scores) over allowed keys; -inf (with zero gradient) for a row with none."""
+    allowed = mask & (scores > -jnp.inf)
+    finite = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    lse = jax.nn.logsumexp(finite, axis=-1)
+    return jnp.where(allowed.any(axis=-1), lse, -jnp.inf)
 
 
 def _jax_nn_attention(query, key, value, bias, combined, scale, implementation, native):

@@ -1,0 +1,608 @@
+"""Blocked (flash-style) attention: O(T) memory, its own gradient, plain JAX on every backend.
+
+The grid is never built. Queries are cut into blocks of ``block_q`` rows and keys into blocks
+of ``block_k`` columns; each query block walks its key blocks keeping a running row maximum
+``m``, a running sum ``l`` of ``exp(score - m)`` and a running weighted sum of values
+(the online softmax of Milakov & Gimelshein 2018, as in FlashAttention). Key blocks that a
+causal mask or a sliding window hides entirely are not visited at all: the loop bounds come
+from the block index. What is saved for the backward pass is the output and the per-row
+log-sum-exp ``lse = m + log(l)``; the backward pass (``jax.custom_vjp``) recomputes each block's
+pattern as ``exp(score - lse)`` instead of storing the ``[T, S]`` grid (FlashAttention-2's
+backward), so memory stays O(T) both ways.
+
+Grouped-query attention reads each key/value head once for its G query heads (no repeat).
+Sequence lengths need not be block multiples (inputs are padded and the padding masked).
+Scores, the softmax and every accumulator are float32 whatever the input dtype.
+
+Internal layout: query ``[B, K, G, T, H]``, key ``[B, K, S, H]``, value ``[B, K, S, R]``;
+masks and biases ``[B|1, K|1, G|1, T|1, S|1]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["DEFAULT_BLOCK_SIZES", "MAX_UNROLLED_BLOCKS", "blocked_attention"]
+
+# (block_q, block_k) of the lax-loop kernel; see experiments/benchmark.py.
+DEFAULT_BLOCK_SIZES = (256, 512)
+# Query blocks up to which the block loop is unrolled at trace time.
+MAX_UNROLLED_BLOCKS = 16
+_MAX_DEFAULT_UNROLLED_BLOCK_Q = 256  # so unrolled by default up to T = 16 * 256 = 4096
+_F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything the kernel needs to know at trace time (hashable, for custom_vjp)."""
+
+    scale: float
+    is_causal: bool
+    window: tuple[int, int] | None
+    block_q: int
+    block_k: int
+    num_q_blocks: int
+    num_k_blocks: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Masking:
+    """Per-call arrays that restrict which keys a query sees (a pytree; fields may be None).
+
+    q_lengths, kv_lengths: [B] int32. q_segments [B, T], kv_segments [B, S] int32 (padded).
+    mask [b, k, g, t, s] bool and bias [b, k, g, t, s] float, each axis full or 1 (padded).
+    """
+
+    q_lengths: jax.Array | None = None
+    kv_lengths: jax.Array | None = None
+    q_segments: jax.Array | None = None
+    kv_segments: jax.Array | None = None
+    mask: jax.Array | None = None
+    bias: jax.Array | None = None
+
+
+jax.tree_util.register_dataclass(
+    _Masking,
+    data_fields=["q_lengths", "kv_lengths", "q_segments", "kv_segments", "mask", "bias"],
+    meta_fields=[],
+)
+
+
+def blocked_attention(
+    query,
+    key,
+    value,
+    *,
+    scale: float,
+    is_causal: bool = False,
+    window: tuple[int, int] | None = None,
+    query_seq_lengths=None,
+    key_value_seq_lengths=None,
+    query_segment_ids=None,
+    key_segment_ids=None,
+    mask=None,
+    bias=None,
+    block_sizes: tuple[int, int] | None = None,
+):
+    """Blocked attention on checked inputs; returns ``(out [B,T,N,R], lse [B,N,T])``.
+
+    Called by ``dot_product_attention(implementation="blocked")`` after its argument checks;
+    ``mask`` and ``bias`` are 4-D, broadcastable to ``[B, N, T, S]`` (``bias`` finite).
+    ``lse`` is the natural log of each row's softmax denominator over its allowed keys
+    (``-inf`` for a row with none), so ``pattern[t, s] = exp(scale·q_t·k_s + bias - lse[t])``.
+
+    With at most ``MAX_UNROLLED_BLOCKS`` query blocks the loop over them is unrolled (see
+    ``_unrolled``); longer queries run the ``lax`` loops with fixed blocks, whose memory is
+    O(T) for any length. Default blocks: query blocks of ``max(128, T / 16)`` rows up to
+    T = 4096, then ``DEFAULT_BLOCK_SIZES``.
+    """
+    batch, q_len, num_heads, _ = query.shape
+    k_len, num_kv_heads = key.shape[1], key.shape[2]
+    group = num_heads // num_kv_heads
+    block_q, block_k = _block_sizes(block_sizes, q_len, k_len)
+    q = query.reshape(batch, q_len, num_kv_heads, group, -1).transpose(0, 2, 3, 1, 4)
+    k = key.transpose(0, 2, 1, 3)
+    v = value.transpose(0, 2, 1, 3)
+    masks = (query_seq_lengths, key_value_seq_lengths, query_segment_ids, key_segment_ids)
+    masks += (mask, bias)
+    if -(-q_len // block_q) <= MAX_UNROLLED_BLOCKS:
+        tiling = _tiling(scale, is_causal, window, q_len, k_len, block_q)
+        out, lse = _unrolled(tiling, q, k, v, _masking(*masks, num_kv_heads))
+    else:
+        static = _Static(
+            scale=float(scale),
+            is_causal=bool(is_causal),
+            window=window,
+            block_q=block_q,
+            block_k=block_k,
+            num_q_blocks=-(-q_len // block_q),
+            num_k_blocks=-(-k_len // block_k),
+        )
+        out, lse = _looped(static, q, k, v, *masks)
+    out = out[:, :, :, :q_len].transpose(0, 3, 1, 2, 4).reshape(batch, q_len, num_heads, -1)
+    return out, lse[..., :q_len].reshape(batch, num_heads, q_len)
+
+
+def _block_sizes(block_sizes, q_len: int, k_len: int) -> tuple[int, int]:
+    if block_sizes is None:
+        unrolled_q = max(128, -(-q_len // MAX_UNROLLED_BLOCKS))
+        block_q, block_k = DEFAULT_BLOCK_SIZES
+        if unrolled_q <= _MAX_DEFAULT_UNROLLED_BLOCK_Q:
+            block_q = unrolled_q
+    else:
+        block_q, block_k = block_sizes
+    # A sequence shorter than a block is one block of its own length: no padding.
+    return min(int(block_q), q_len), min(int(block_k), k_len)
+
+
+def _masking(q_lengths, kv_lengths, q_ids, kv_ids, mask, bias, num_kv_heads, q_pad=0, k_pad=0):
+    def as_int32(x):
+        return None if x is None else jnp.asarray(x, jnp.int32)
+
+    return _Masking(
+        q_lengths=as_int32(q_lengths),
+        kv_lengths=as_int32(kv_lengths),
+        q_segments=_pad_ids(q_ids, q_pad),
+        kv_segments=_pad_ids(kv_ids, k_pad),
+        mask=_grouped_padded(mask, num_kv_heads, q_pad, k_pad),
+        bias=_grouped_padded(bias, num_kv_heads, q_pad, k_pad),
+    )
+
+
+def _looped(static, q, k, v, q_lengths, kv_lengths, q_ids, kv_ids, mask, bias):
+    """Pad to whole blocks (the padding is masked by lengths) and run the lax-loop kernel."""
+    batch, q_len, k_len = q.shape[0], q.shape[3], k.shape[2]
+    q_pad = static.num_q_blocks * static.block_q - q_len
+    k_pad = static.num_k_blocks * static.block_k - k_len
+    q = jnp.pad(q, [(0, 0)] * 3 + [(0, q_pad), (0, 0)])
+    k, v = (jnp.pad(x, [(0, 0)] * 2 + [(0, k_pad), (0, 0)]) for x in (k, v))
+    lengths = _lengths(q_lengths, batch, q_len), _lengths(kv_lengths, batch, k_len)
+    masking = _masking(*lengths, q_ids, kv_ids, mask, bias, k.shape[1], q_pad, k_pad)
+    return _attention(static, q, k, v, masking)
+
+
+def _lengths(lengths, batch: int, length: int) -> jax.Array:
+    if lengths is None:
+        return jnp.full((batch,), length, jnp.int32)
+    return jnp.minimum(jnp.asarray(lengths, jnp.int32), length)
+
+
+def _pad_ids(ids, pad: int):
+    if ids is None:
+        return None
+    return jnp.pad(jnp.asarray(ids, jnp.int32), [(0, 0), (0, pad)], constant_values=-1)
+
+
+def _grouped_padded(x, num_kv_heads: int, q_pad: int, k_pad: int):
+    """[b, n, t, s] (each axis full or 1) → [b, k, g, t, s] padded along full t and s axes."""
+    if x is None:
+        return None
+    b, n, t, s = x.shape
+    x = x.reshape(b, 1, 1, t, s) if n == 1 else x.reshape(b, num_kv_heads, n // num_kv_heads, t, s)
+    pads = [(0, 0)] * 3 + [(0, q_pad if t > 1 else 0), (0, k_pad if s > 1 else 0)]
+    return jnp.pad(x, pads)
+
+
+# --------------------------------------------------------------------------------------------
+# Which blocks a query block sees, and the mask inside a block.
+# --------------------------------------------------------------------------------------------
+
+
+def _key_block_range(static: _Static, masking: _Masking, i):
+    """Key blocks [lo, hi) that query block ``i`` can see (others are skipped, not masked)."""
+    bq, bk = static.block_q, static.block_k
+    first_q, last_q = i * bq, i * bq + bq - 1
+    lo, hi = 0, static.num_k_blocks
+    right = 0 if static.is_causal else None
+    if static.window is not None:
+        left, w_right = static.window
+        lo = jnp.maximum(0, (first_q - left) // bk)
+        right = w_right if right is None else min(right, w_right)
+    if right is not None:
+        hi = jnp.minimum(hi, (last_q + right) // bk + 1)
+    hi = jnp.minimum(hi, -(-jnp.max(masking.kv_lengths) // bk))
+    hi = jnp.where(first_q < jnp.max(masking.q_lengths), hi, lo)  # a block of padding rows
+    return lo, jnp.maximum(hi, lo)
+
+
+def _query_block_range(static: _Static, masking: _Masking, j):
+    """Query blocks [lo, hi) that can see key block ``j`` (the transpose of the above)."""
+    bq, bk = static.block_q, static.block_k
+    first_k, last_k = j * bk, j * bk + bk - 1
+    lo, hi = 0, static.num_q_blocks
+    right = 0 if static.is_causal else None
+    if static.window is not None:
+        left, w_right = static.window
+        hi = jnp.minimum(hi, (last_k + left) // bq + 1)  # k >= q - left  ⇔  q <= k + left
+        right = w_right if right is None else min(right, w_right)
+    if right is not None:  # k <= q + right  ⇔  q >= k - right
+        lo = jnp.maximum(0, (first_k - right) // bq)
+    hi = jnp.minimum(hi, -(-jnp.max(masking.q_lengths) // bq))
+    hi = jnp.where(first_k < jnp.max(masking.kv_lengths), hi, lo)
+    return lo, jnp.maximum(hi, lo)
+
+
+def _block_mask(static: _Static, masking: _Masking, i, j):
+    """Which (query, key) pairs of block (i, j) are allowed: bool [B|1, K|1, G|1, bq, bk]."""
+    bq, bk = static.block_q, static.block_k
+    q_pos = i * bq + jnp.arange(bq)[:, None]  # [bq, 1]
+    k_pos = j * bk + jnp.arange(bk)[None, :]  # [1, bk]
+    lengths_ok = (q_pos[None] < masking.q_lengths[:, None, None]) & (
+        k_pos[None] < masking.kv_lengths[:, None, None]
+    )  # [B, bq, bk]
+    allowed = lengths_ok[:, None, None]
+    if static.is_causal:
+        allowed = allowed & (k_pos <= q_pos)
+    if static.window is not None:
+        left, right = static.window
+        allowed = allowed & (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
+    if masking.q_segments is not None:
+        q_seg = lax.dynamic_slice_in_dim(masking.q_segments, i * bq, bq, axis=1)
+        k_seg = lax.dynamic_slice_in_dim(masking.kv_segments, j * bk, bk, axis=1)
+        allowed = allowed & (q_seg[:, :, None] == k_seg[:, None, :])[:, None, None]
+    if masking.mask is not None:
+        allowed = allowed & _block_of(masking.mask, static, i, j)
+    return allowed
+
+
+def _block_of(x, static: _Static, i, j):
+    """The (i, j) tile of a [b, k, g, t, s] mask or bias whose t and s axes may be 1."""
+    if x.shape[3] > 1:
+        x = lax.dynamic_slice_in_dim(x, i * static.block_q, static.block_q, axis=3)
+    if x.shape[4] > 1:
+        x = lax.dynamic_slice_in_dim(x, j * static.block_k, static.block_k, axis=4)
+    return x
+
+
+def _block_scores(static: _Static, masking: _Masking, q_block, k_block, i, j):
+    """Scaled scores of a block, -inf where not allowed: f32 [B, K, G, bq, bk]."""
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_block, k_block, preferred_element_type=_F32)
+    scores = scores * static.scale
+    if masking.bias is not None:
+        scores = scores + _block_of(masking.bias, static, i, j).astype(_F32)
+    return jnp.where(_block_mask(static, masking, i, j), scores, -jnp.inf)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward: online softmax over key blocks, one query block at a time.
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(static: _Static, q, k, v, masking: _Masking):
+    """q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,R] (padded) → out [B,K,G,T,R], lse [B,K,G,T]."""
+    out, lse = _forward(static, q, k, v, masking)
+    return out, lse
+
+
+def _forward(static: _Static, q, k, v, masking: _Masking):
+    bq, bk = static.block_q, static.block_k
+    rows = q.shape[:3] + (bq,)
+
+    def query_block(i):
+        q_block = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
+
+        def visit_key_block(j, carry):
+            acc, row_max, row_sum = carry
+            k_block = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
+            v_block = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+            scores = _block_scores(static, masking, q_block, k_block, i, j)
+            new_max = jnp.maximum(row_max, scores.max(axis=-1))
+            # Rows with nothing allowed yet keep max -inf; subtract 0 there so exp gives 0.
+            safe_max = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+            probs = jnp.exp(scores - safe_max[..., None])
+            rescale = jnp.exp(row_max - safe_max)
+            row_sum = row_sum * rescale + probs.sum(axis=-1)
+            moved = jnp.einsum(
+                "BKGTS,BKSR->BKGTR", probs.astype(v.dtype), v_block, preferred_element_type=_F32
+            )
+            return acc * rescale[..., None] + moved, new_max, row_sum
+
+        init = (
+            jnp.zeros(rows + (v.shape[-1],), _F32),
+            jnp.full(rows, -jnp.inf, _F32),
+            jnp.zeros(rows, _F32),
+        )
+        lo, hi = _key_block_range(static, masking, i)
+        acc, row_max, row_sum = lax.fori_loop(lo, hi, visit_key_block, init)
+        seen = row_sum > 0
+        out = jnp.where(seen[..., None], acc / jnp.where(seen, row_sum, 1.0)[..., None], 0.0)
+        lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, row_sum, 1.0)), -jnp.inf)
+        return out.astype(v.dtype), lse
+
+    out, lse = lax.map(query_block, jnp.arange(static.num_q_blocks))
+    # [nq, B, K, G, bq, ...] → [B, K, G, nq * bq, ...]
+    out = jnp.moveaxis(out, 0, 3).reshape(q.shape[:4] + (v.shape[-1],))
+    lse = jnp.moveaxis(lse, 0, 3).reshape(q.shape[:4])
+    return out, lse
+
+
+def _attention_fwd(static: _Static, q, k, v, masking: _Masking):
+    out, lse = _forward(static, q, k, v, masking)
+    return (out, lse), (q, k, v, masking, out, lse)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: recompute each block's pattern from lse; one key block at a time.
+# --------------------------------------------------------------------------------------------
+
+
+def _attention_bwd(static: _Static, residuals, cotangents):
+    q, k, v, masking, out, lse = residuals
+    d_out, d_lse = cotangents
+    bq, bk = static.block_q, static.block_k
+    # d(score) = p · (d_p - delta), with delta = rowsum(d_out · out) - d_lse.
+    delta = jnp.einsum("BKGTR,BKGTR->BKGT", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    # A row with no allowed key has lse = -inf; +inf there makes every recomputed p zero.
+    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+
+    def key_block(carry, j):
+        d_q, d_bias = carry
+        k_block = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
+        v_block = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+
+        def visit_query_block(i, inner):
+            d_q, d_bias, d_k, d_v = inner
+            q_block = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
+            d_out_block = lax.dynamic_slice_in_dim(d_out, i * bq, bq, axis=3)
+            lse_block = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
+            delta_block = lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
+            scores = _block_scores(static, masking, q_block, k_block, i, j)
+            probs = jnp.exp(scores - lse_block[..., None])
+            d_v = d_v + jnp.einsum(
+                "BKGTS,BKGTR->BKSR",
+                probs.astype(d_out.dtype),
+                d_out_block,
+                preferred_element_type=_F32,
+            )
+            d_probs = jnp.einsum(
+                "BKGTR,BKSR->BKGTS", d_out_block, v_block, preferred_element_type=_F32
+            )
+            d_scores = probs * (d_probs - delta_block[..., None])
+            if d_bias is not None:
+                d_bias = _add_block(d_bias, d_scores, static, i, j)
+            d_scores = (d_scores * static.scale).astype(q.dtype)
+            d_k = d_k + jnp.einsum(
+                "BKGTS,BKGTH->BKSH", d_scores, q_block, preferred_element_type=_F32
+            )
+            d_q_block = lax.dynamic_slice_in_dim(d_q, i * bq, bq, axis=3) + jnp.einsum(
+                "BKGTS,BKSH->BKGTH", d_scores, k_block, preferred_element_type=_F32
+            )
+            d_q = lax.dynamic_update_slice_in_dim(d_q, d_q_block, i * bq, axis=3)
+            return d_q, d_bias, d_k, d_v
+
+        init = (
+            d_q,
+            d_bias,
+            jnp.zeros(k_block.shape, _F32),
+            jnp.zeros(v_block.shape, _F32),
+        )
+        lo, hi = _query_block_range(static, masking, j)
+        d_q, d_bias, d_k, d_v = lax.fori_loop(lo, hi, visit_query_block, init)
+        return (d_q, d_bias), (d_k, d_v)
+
+    d_bias0 = None if masking.bias is None else jnp.zeros(masking.bias.shape, _F32)
+    (d_q, d_bias), (d_k, d_v) = lax.scan(
+        key_block, (jnp.zeros(q.shape, _F32), d_bias0), jnp.arange(static.num_k_blocks)
+    )
+    # [nk, B, K, bk, ...] → [B, K, nk * bk, ...]
+    d_k = jnp.moveaxis(d_k, 0, 2).reshape(k.shape)
+    d_v = jnp.moveaxis(d_v, 0, 2).reshape(v.shape)
+    d_masking = jax.tree.map(lambda _: None, masking)
+    if d_bias is not None:
+        d_masking = dataclasses.replace(d_masking, bias=d_bias.astype(masking.bias.dtype))
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_masking
+
+
+def _add_block(total, block, static: _Static, i, j):
+    """Add a [B, K, G, bq, bk] block into ``total`` (a bias's shape: axes full or 1)."""
+    sum_axes = tuple(a for a in range(3) if total.shape[a] == 1 and block.shape[a] > 1)
+    block = block.sum(axis=sum_axes, keepdims=True)
+    if total.shape[3] == 1:
+        block = block.sum(axis=3, keepdims=True)
+    if total.shape[4] == 1:
+        block = block.sum(axis=4, keepdims=True)
+    start = (0, 0, 0, i * static.block_q if total.shape[3] > 1 else 0)
+    start = start + (j * static.block_k if total.shape[4] > 1 else 0,)
+    current = lax.dynamic_slice(total, start, block.shape)
+    return lax.dynamic_update_slice(total, current + block, start)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# Unrolled: a Python loop over query blocks, each against exactly the keys it can see.
+# --------------------------------------------------------------------------------------------
+# When there are few query blocks, the block loop is unrolled at trace time. Block bounds are
+# then Python ints, so each query block takes one softmax over its visible key range (no
+# online rescaling, no padding: the last block may be short), the causal/window mask is a
+# constant applied only to the columns it touches, and XLA sees ordinary top-level ops that
+# it spreads over every core (ops inside a while loop run on one core on CPU).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiles:
+    """Static tiling: for each query block (q0, q1), the key range (k0, k1) it can see."""
+
+    scale: float
+    is_causal: bool
+    window: tuple[int, int] | None
+    tiles: tuple[tuple[int, int, int, int], ...]
+
+
+def _tiling(scale, is_causal, window, q_len, k_len, block_q) -> _Tiles:
+    tiles = []
+    for q0 in range(0, q_len, block_q):
+        q1 = min(q0 + block_q, q_len)
+        k0, k1 = 0, k_len
+        if is_causal:
+            k1 = min(k1, q1)
+        if window is not None:
+            k0, k1 = max(k0, q0 - window[0]), min(k1, q1 - 1 + window[1] + 1)
+        tiles.append((q0, q1, k0, max(k0, k1)))
+    return _Tiles(float(scale), bool(is_causal), window, tuple(tiles))
+
+
+def _static_mask(tiling: _Tiles, q0, q1, k0, k1):
+    """The causal/window mask of a tile as a NumPy constant, and the columns it touches."""
+    q_pos = np.arange(q0, q1)[:, None]
+    k_pos = np.arange(k0, k1)[None, :]
+    allowed = np.ones((q1 - q0, k1 - k0), bool)
+    if tiling.is_causal:
+        allowed &= k_pos <= q_pos
+    if tiling.window is not None:
+        allowed &= (k_pos >= q_pos - tiling.window[0]) & (k_pos <= q_pos + tiling.window[1])
+    touched = np.flatnonzero(~allowed.all(axis=0))
+    if touched.size == 0:
+        return None, (0, 0)
+    c0, c1 = int(touched[0]), int(touched[-1]) + 1
+    return allowed[:, c0:c1], (c0, c1)
+
+
+def _tile_scores(tiling: _Tiles, masking: _Masking, q, k, tile):
+    """Scaled, biased, masked scores of one tile: f32 [B, K, G, q1-q0, k1-k0]."""
+    q0, q1, k0, k1 = tile
+    scores = jnp.einsum(
+        "BKGTH,BKSH->BKGTS", q[:, :, :, q0:q1], k[:, :, k0:k1], preferred_element_type=_F32
+    )
+    scores = scores * tiling.scale
+    if masking.bias is not None:
+        scores = scores + _tile_of(masking.bias, tile).astype(_F32)
+    allowed = _dynamic_tile_mask(masking, tile)
+    if allowed is not None:
+        scores = jnp.where(allowed, scores, -jnp.inf)
+    constant, (c0, c1) = _static_mask(tiling, *tile)
+    if constant is not None:
+        part = jnp.where(constant, scores[..., c0:c1], -jnp.inf)
+        scores = scores.at[..., c0:c1].set(part)
+    return scores
+
+
+def _tile_of(x, tile):
+    q0, q1, k0, k1 = tile
+    x = x if x.shape[3] == 1 else x[:, :, :, q0:q1]
+    return x if x.shape[4] == 1 else x[..., k0:k1]
+
+
+def _dynamic_tile_mask(masking: _Masking, tile):
+    """Lengths, segment ids and the mask argument over one tile (None when none was given)."""
+    q0, q1, k0, k1 = tile
+    parts = []
+    if masking.q_lengths is not None:
+        q_ok = jnp.arange(q0, q1)[None, :] < masking.q_lengths[:, None]
+        parts.append(q_ok[:, None, None, :, None])
+    if masking.kv_lengths is not None:
+        k_ok = jnp.arange(k0, k1)[None, :] < masking.kv_lengths[:, None]
+        parts.append(k_ok[:, None, None, None, :])
+    if masking.q_segments is not None:
+        same = masking.q_segments[:, q0:q1, None] == masking.kv_segments[:, None, k0:k1]
+        parts.append(same[:, None, None])
+    if masking.mask is not None:
+        parts.append(_tile_of(masking.mask, tile))
+    if not parts:
+        return None
+    return functools.reduce(jnp.logical_and, parts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _unrolled(tiling: _Tiles, q, k, v, masking: _Masking):
+    """q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,R] → out [B,K,G,T,R], lse [B,K,G,T]."""
+    return _unrolled_forward(tiling, q, k, v, masking)
+
+
+def _unrolled_forward(tiling: _Tiles, q, k, v, masking: _Masking):
+    outs, lses = [], []
+    for tile in tiling.tiles:
+        q0, q1, k0, k1 = tile
+        rows = q.shape[:3] + (q1 - q0,)
+        if k1 <= k0:  # a block that sees no key at all
+            outs.append(jnp.zeros(rows + (v.shape[-1],), v.dtype))
+            lses.append(jnp.full(rows, -jnp.inf, _F32))
+            continue
+        scores = _tile_scores(tiling, masking, q, k, tile)
+        row_max = scores.max(axis=-1)
+        safe_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)
+        probs = jnp.exp(scores - safe_max[..., None])
+        row_sum = probs.sum(axis=-1)
+        moved = jnp.einsum(
+            "BKGTS,BKSR->BKGTR",
+            probs.astype(v.dtype),
+            v[:, :, k0:k1],
+            preferred_element_type=_F32,
+        )
+        seen = row_sum > 0
+        safe_sum = jnp.where(seen, row_sum, 1.0)
+        outs.append((moved / safe_sum[..., None]).astype(v.dtype))
+        lses.append(jnp.where(seen, safe_max + jnp.log(safe_sum), -jnp.inf))
+    return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
+
+
+def _unrolled_fwd(tiling: _Tiles, q, k, v, masking: _Masking):
+    out, lse = _unrolled_forward(tiling, q, k, v, masking)
+    return (out, lse), (q, k, v, masking, out, lse)
+
+
+def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
+    q, k, v, masking, out, lse = residuals
+    d_out, d_lse = cotangents
+    delta = jnp.einsum("BKGTR,BKGTR->BKGT", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+    d_q_tiles = []
+    # d_k, d_v are accumulated transposed ([.., H, S]): XLA's CPU matmul then reads the
+    # [T, S] tiles as they lie instead of copying each one into [S, T] order.
+    d_k_t = jnp.zeros(k.shape[:2] + (k.shape[3], k.shape[2]), _F32)
+    d_v_t = jnp.zeros(v.shape[:2] + (v.shape[3], v.shape[2]), _F32)
+    d_bias = None if masking.bias is None else jnp.zeros(masking.bias.shape, _F32)
+    for tile in tiling.tiles:
+        q0, q1, k0, k1 = tile
+        if k1 <= k0:
+            d_q_tiles.append(jnp.zeros(q.shape[:3] + (q1 - q0, q.shape[-1]), _F32))
+            continue
+        q_tile, d_out_tile = q[:, :, :, q0:q1], d_out[:, :, :, q0:q1]
+        probs = jnp.exp(_tile_scores(tiling, masking, q, k, tile) - lse[..., q0:q1, None])
+        d_v_t = d_v_t.at[..., k0:k1].add(
+            jnp.einsum(
+                "BKGTR,BKGTS->BKRS",
+                d_out_tile,
+                probs.astype(d_out.dtype),
+                preferred_element_type=_F32,
+            )
+        )
+        d_probs = jnp.einsum(
+            "BKGTR,BKSR->BKGTS", d_out_tile, v[:, :, k0:k1], preferred_element_type=_F32
+        )
+        d_scores = probs * (d_probs - delta[..., q0:q1, None])
+        if d_bias is not None:
+            d_bias = _add_tile(d_bias, d_scores, tile)
+        d_scores = (d_scores * tiling.scale).astype(q.dtype)
+        d_k_t = d_k_t.at[..., k0:k1].add(
+            jnp.einsum("BKGTH,BKGTS->BKHS", q_tile, d_scores, preferred_element_type=_F32)
+        )
+        d_q_tiles.append(
+            jnp.einsum("BKGTS,BKSH->BKGTH", d_scores, k[:, :, k0:k1], preferred_element_type=_F32)
+        )
+    d_k, d_v = jnp.swapaxes(d_k_t, 2, 3), jnp.swapaxes(d_v_t, 2, 3)
+    d_q = jnp.concatenate(d_q_tiles, axis=3)
+    d_masking = jax.tree.map(lambda _: None, masking)
+    if d_bias is not None:
+        d_masking = dataclasses.replace(d_masking, bias=d_bias.astype(masking.bias.dtype))
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_masking
+
+
+def _add_tile(total, tile_values, tile):
+    q0, q1, k0, k1 = tile
+    sum_axes = tuple(a for a in range(5) if total.shape[a] == 1 and tile_values.shape[a] > 1)
+    tile_values = tile_values.sum(axis=sum_axes, keepdims=True)
+    rows = slice(None) if total.shape[3] == 1 else slice(q0, q1)
+    cols = slice(None) if total.shape[4] == 1 else slice(k0, k1)
+    return total.at[:, :, :, rows, cols].add(tile_values)
+
+
+_unrolled.defvjp(_unrolled_fwd, _unrolled_bwd)
