@@ -1,21 +1,23 @@
 """Speed and memory of attention and of a training step, against peers measured in the same run.
 
-    uv run python -m experiments.benchmark                      # everything (~N min on 2 cores)
+    uv run python -m experiments.benchmark                      # everything (see below)
     uv run python -m experiments.benchmark --suite=attention --cases=b4_t1024 --modes=fwd_bwd \\
         --causal=true --json=/tmp/bench.json
     uv run python -m experiments.benchmark --suite=train --train_settings=l4_d128_t64_b12
 
 Attention suite: for each case (``--cases``), mode (``fwd``, ``fwd_bwd``) and masking
-(``--causal``), times every attnjax implementation (``--implementations``; default every entry
-of ``attnjax.functional.IMPLEMENTATIONS`` that runs on this backend (not ``cudnn`` off GPUs,
-not ``pallas_tpu`` off TPUs), plus ``auto``, i.e.
-``implementation=None``) and the peers (``--peers``): ``jax.nn.dot_product_attention``,
-``flax.nnx.dot_product_attention`` (the attention function of Flax's ``MultiHeadAttention``,
-given the causal mask from ``nnx.make_causal_mask`` as that module is) and, when torch is
-importable and the backend is the CPU, ``torch.nn.functional.scaled_dot_product_attention``
-(inputs [B, N, T, H], ``is_causal``, ``enable_gqa``; forward under ``torch.no_grad()``).
-JAX functions are jitted; ``fwd_bwd`` is ``jax.value_and_grad`` of ``f(q, k, v).sum()`` with
-respect to q, k and v (torch: ``.sum().backward()``).
+(``--causal``), times attnjax's implementations (``--implementations``; by default every entry of
+``attnjax.functional.IMPLEMENTATIONS`` that runs on this backend, so not ``cudnn`` off GPUs or
+``pallas_tpu`` off TPUs, then ``auto``: ``implementation=None``) and the peers (``--peers``):
+``jax.nn.dot_product_attention``, ``flax.nnx.dot_product_attention`` (the attention function of
+Flax's ``MultiHeadAttention``, given the causal mask from ``nnx.make_causal_mask`` as that module
+is; Flax 0.12's function accepts K < N heads itself, so GQA inputs are passed unrepeated) and,
+when torch imports and JAX runs on the CPU, ``torch.nn.functional.scaled_dot_product_attention``
+(inputs [B, N, T, H], ``is_causal``, ``enable_gqa``; forward under ``torch.no_grad()``; torch's
+default threads). JAX functions are jitted; ``fwd_bwd`` is ``jax.value_and_grad`` of
+``f(q, k, v).sum()`` with respect to q, k and v (torch: ``.sum().backward()``). Rows whose
+lowered programs are identical (``auto`` picking ``blocked``, ``jax.nn`` and ``attnjax[xla]``
+without a mask) are timed once and say so.
 
 Timing: after one warm-up call (compilation is done before it, ahead of time), the median of up
 to ``--repeats`` calls, fewer when calls are long (at most ``--budget_s`` of timed calls per
@@ -43,10 +45,15 @@ recipe (4 layers, 4 heads, width 128, T=64, batch 12) and at 6 layers, 6 heads, 
 T=256, batch 16; vocabulary 65, no dropout, bias-free, tied embeddings, learned positions, exact
 GELU. With torch, the same step of nanoGPT's model (``experiments.torch_nanogpt``) is timed in
 the same run. Tokens/s = B·T / median step time (median over ``--train_repeats`` runs of the
-setting's step count, after two warm-up steps).
+setting's step count, after one warm-up step).
 
 Absolute times on a shared machine are noisy: compare the ratio columns (``vs X`` = this row's
-time / X's time, in the same run).
+time / X's time, in the same run; below 1 is faster).
+
+The default run took 15 min on a 2-core machine shared with other jobs (load 4-6; the process
+got 11 CPU-minutes, a 2048³ matmul ran at 71 of the usual ~190 GFLOP/s); about half of it is
+``long_b1_t32768`` and ``b1_t4096``'s forward+backward. Use ``--cases``, ``--modes``,
+``--causal`` and ``--suite`` for short runs.
 """
 
 from __future__ import annotations
@@ -139,7 +146,7 @@ class TrainSetting:
 
 TRAIN_SETTINGS = {
     "l4_d128_t64_b12": TrainSetting(4, 4, 128, 64, 12, steps=20),  # nanoGPT's CPU recipe
-    "l6_d384_t256_b16": TrainSetting(6, 6, 384, 256, 16, steps=3),
+    "l6_d384_t256_b16": TrainSetting(6, 6, 384, 256, 16, steps=2),
     "tiny": TrainSetting(1, 2, 16, 8, 2, steps=2),  # for tests
 }
 DEFAULT_TRAIN_SETTINGS = ("l4_d128_t64_b12", "l6_d384_t256_b16")
@@ -358,12 +365,23 @@ def _torch_backend(torch, q, k, v, causal: bool, gqa: bool) -> str:
         return "unknown"
 
 
-def _torch_peak_bytes(torch, call, resident: int) -> int:
-    """``resident`` bytes plus the most live bytes ``call()`` allocated at once, from the
-    allocation events of ``torch.profiler`` (every CPU tensor goes through them)."""
+def _profile_memory():
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    return profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+
+
+@functools.cache
+def _start_profiler() -> None:
+    """The profiler's first use costs seconds (library set-up); pay it outside any timing."""
+    with _profile_memory():
+        pass
+
+
+def _torch_peak_bytes(call, resident: int) -> int:
+    """``resident`` bytes plus the most live bytes ``call()`` allocated at once, from the
+    allocation events of ``torch.profiler`` (every CPU tensor goes through them)."""
+    with _profile_memory() as prof:
         call()
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -406,16 +424,19 @@ def time_torch_row(case, qkv, mode, causal, repeats, budget_s) -> dict:
 
     resident = sum(x.numel() * x.element_size() for x in (q, k, v))
     peak = []
-    profiled = lambda: peak.append(_torch_peak_bytes(torch, call, resident))
+    # The warm-up call is profiled (a few ms more; it is a sample only for calls > budget_s).
+    _start_profiler()
+    profiled = lambda: peak.append(_torch_peak_bytes(call, resident))
     times, warmup_only = sample_seconds(call, repeats, budget_s, warmup=profiled)
     timing = _timing(times, warmup_only)
     return {**timing, "peak_bytes": peak[0], "memory": "torch.profiler", "backend": backend}
 
 
 def attention_rows(
-    case_names, modes, causals, implementations, peers, dtype, repeats, budget_s
+    case_names, modes, causals, implementations, peers, dtype, repeats, budget_s, matmul
 ) -> list[dict]:
-    """Every row of the attention suite (one dict per case × mode × masking × contender)."""
+    """Every row of the attention suite (one dict per case × mode × masking × contender);
+    ``matmul``: the GFLOP/s that ``percent_of_matmul`` is relative to."""
     rows = []
     names = [f"attnjax[{impl}]" for impl in implementations] + [
         p for p in peers if p != "torch.sdpa"
@@ -447,15 +468,12 @@ def attention_rows(
                         "skipped": "torch rows run on the CPU only (JAX is on an accelerator)"
                     }
                 results.append({"implementation": "torch.sdpa", "framework": "torch", **result})
-            rows.extend(_with_rates(group, results))
+            rows.extend(_with_rates(group, results, matmul))
             print_attention_group(rows[-len(results) :])
     return rows
 
 
-_MATMUL: dict[str, float] = {}  # GFLOP/s of the run's matmul, by framework
-
-
-def _with_rates(group: dict, results: list[dict]) -> list[dict]:
+def _with_rates(group: dict, results: list[dict], matmul: float) -> list[dict]:
     peers = {
         r["implementation"]: r["seconds"]
         for r in results
@@ -469,7 +487,7 @@ def _with_rates(group: dict, results: list[dict]) -> list[dict]:
                "ratios": {}, **result}  # fmt: skip
         if row["seconds"] is not None:
             row["gflops"] = group["flops"] / row["seconds"] / 1e9
-            row["percent_of_matmul"] = 100 * row["gflops"] / _MATMUL["jax"]
+            row["percent_of_matmul"] = 100 * row["gflops"] / matmul
             row["ratios"] = {
                 p: row["seconds"] / s for p, s in peers.items() if p != row["implementation"]
             }
@@ -535,8 +553,7 @@ def _tokens(setting: TrainSetting) -> np.ndarray:
 
 
 def _time_steps(step: Callable[[], None], sync: Callable[[], None], steps: int, repeats: int):
-    for _ in range(2):  # warm-up
-        step()
+    step()  # warm-up (compiled ahead of time for JAX)
     sync()
     times = []
     for _ in range(repeats):
@@ -629,7 +646,7 @@ TRAIN_NOTES = (
 )
 
 
-def train_rows(setting_names, repeats: int, with_torch: bool) -> list[dict]:
+def train_rows(setting_names, repeats: int, with_torch: bool, matmul: float) -> list[dict]:
     rows = []
     for name in setting_names:
         setting = TRAIN_SETTINGS[name]
@@ -642,7 +659,7 @@ def train_rows(setting_names, repeats: int, with_torch: bool) -> list[dict]:
         for result in results:
             row = {**group, **result, "tokens_per_s": tokens / result["seconds"]}
             row["gflops"] = row["flops_per_step"] / row["seconds"] / 1e9
-            row["percent_of_matmul"] = 100 * row["gflops"] / _MATMUL["jax"]
+            row["percent_of_matmul"] = 100 * row["gflops"] / matmul
             row["ratios"] = {} if torch_s is None or result is results[-1] else {
                 "torch nanoGPT": row["seconds"] / torch_s}  # fmt: skip
             rows.append(row)
@@ -715,9 +732,9 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     info = machine_info()
     with_torch = torch_available() and jax.default_backend() == "cpu"
-    _MATMUL["jax"] = matmul_gflops("jax", _MATMUL_SIZE.value)
+    matmul = {"jax": matmul_gflops("jax", _MATMUL_SIZE.value)}
     if with_torch:
-        _MATMUL["torch"] = matmul_gflops("torch", _MATMUL_SIZE.value)
+        matmul["torch"] = matmul_gflops("torch", _MATMUL_SIZE.value)
     torch_text = "not installed"
     if "torch" in info:
         torch_text = f"{info['torch']} ({info['torch_threads']} threads)"
@@ -725,21 +742,27 @@ def main(argv: list[str]) -> None:
         f"JAX {info['jax']} on {info['backend']} ({info['cpu_count']} CPUs), "
         f"flax {info['flax']}, torch {torch_text}"
     )
-    rates = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in _MATMUL.items())
+    rates = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in matmul.items())
     print(f"float32 {_MATMUL_SIZE.value}³ matmul: {rates} (%mm below is relative to JAX's)")
 
-    result = {"machine": info, "matmul_size": _MATMUL_SIZE.value, "matmul_gflops": dict(_MATMUL)}
+    result = {"machine": info, "matmul_size": _MATMUL_SIZE.value, "matmul_gflops": matmul}
     result.update(attention=[], train=[])
     suite = _SUITE.value
     if suite in ("attention", "all"):
+        print(
+            "n: timed calls (w: the warm-up call, longer than --budget_s, is the only sample); "
+            "vs X: this row's time / X's (below 1: faster)"
+        )
         causals = {"both": [True, False], "true": [True], "false": [False]}[_CAUSAL.value]
         result["attention"] = attention_rows(
             _CASES.value, _MODES.value, causals, implementations, _PEERS.value,
-            jnp.dtype(_DTYPE.value), _REPEATS.value, _BUDGET.value,
+            jnp.dtype(_DTYPE.value), _REPEATS.value, _BUDGET.value, matmul["jax"],
         )  # fmt: skip
     if suite in ("train", "all"):
         print(f"\n{TRAIN_NOTES}")
-        result["train"] = train_rows(_TRAIN_SETTINGS.value, _TRAIN_REPEATS.value, with_torch)
+        result["train"] = train_rows(
+            _TRAIN_SETTINGS.value, _TRAIN_REPEATS.value, with_torch, matmul["jax"]
+        )
     result["wall_s"] = time.perf_counter() - start
     print(f"\nwall time {result['wall_s']:.0f} s")
     if _JSON.value:
