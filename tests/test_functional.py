@@ -10,7 +10,7 @@ import attnjax
 from attnjax import functional as F
 from tests.reference import numpy_attention
 
-IMPLS = ["vmap", "einsum", "xla"]
+IMPLS = ["vmap", "einsum", "blocked", "xla"]
 
 
 def qkv(
@@ -329,14 +329,6 @@ def test_bad_inputs_name_the_argument(key):
         attnjax.dot_product_attention(q, k, v, local_window_size=(-1, 2))
     with pytest.raises(ValueError, match="dropout_rng"):
         attnjax.dot_product_attention(q, k, v, dropout_rate=0.1)
-
-
-@pytest.fixture
-def without_jaxtyping(monkeypatch):
-    """Run the library as users do, without the runtime type checks pytest turns on."""
-    import jaxtyping
-
-    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)
 
 
 @pytest.mark.parametrize("name", ["query_seq_lengths", "key_value_seq_lengths"])

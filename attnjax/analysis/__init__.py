@@ -5,7 +5,8 @@ Submodules: ``patterns`` (every layer's and head's pattern with token strings), 
 (entropy, previous/first/self attention, induction), ``circuits`` (factored W_Q W_Kᵀ and
 value-down · value-up per head, their singular values and effective rank), ``contextual``
 (cosine similarity of one word's vectors across sentences, per layer), ``word`` (one word
-across sentences: where it looks and how its vector moves, as one result with a summary).
+across sentences: where it looks and how its vector moves, as one result with a summary),
+``tiles`` (a head's pattern tile recomputed from the blocked path's log-sum-exp).
 """
 
 from attnjax.analysis.circuits import (
@@ -42,6 +43,7 @@ from attnjax.analysis.scores import (
     repeated_random_tokens,
     self_score,
 )
+from attnjax.analysis.tiles import pattern_tile
 from attnjax.analysis.word import WordFocus, WordInContext, word_focus, word_in_context
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "induction_score_from_patterns",
     "induction_scores",
     "ov_circuit",
+    "pattern_tile",
     "patterns_from_encoded",
     "previous_token_score",
     "qk_circuit",

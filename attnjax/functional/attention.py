@@ -23,7 +23,6 @@ implementation. It is never NaN.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import Literal
@@ -583,17 +582,29 @@ def _pallas_tpu_unsupported(query, key, call) -> str:
         return "a mask or bias argument (pass padding as seq lengths, packing as segment ids)"
     if call["local_window_size"] is not None:
         return "local_window_size"
+    if jax.default_backend() != "tpu" and not _pallas_interpreting():
+        return (
+            f"it needs a TPU, but the default backend is {jax.default_backend()!r} (to test it "
+            "elsewhere, call under jax.experimental.pallas.tpu.force_tpu_interpret_mode())"
+        )
     q_len, k_len = query.shape[1], key.shape[1]
     if q_len % _PALLAS_BLOCK or k_len % _PALLAS_BLOCK:
         return f"T={q_len}, S={k_len} (both must be multiples of {_PALLAS_BLOCK})"
     return ""
 
 
+def _pallas_interpreting() -> bool:
+    """Whether Pallas TPU kernels are being traced in interpret mode (on any backend)."""
+    from jax._src import config  # the state behind pltpu.force_tpu_interpret_mode (private)
+
+    setting = getattr(config, "pallas_tpu_interpret_mode_context_manager", None)
+    return setting is not None and setting.value is not None
+
+
 def _pallas_tpu_attention(
     query, key, value, scale, is_causal, q_lengths, kv_lengths, q_ids, kv_ids
 ):
-    """The Pallas TPU flash kernel; off TPU it runs in Pallas's TPU interpret mode (slow)."""
-    from jax.experimental.pallas import tpu as pltpu
+    """The Pallas TPU flash kernel (off TPU: under ``pltpu.force_tpu_interpret_mode()``)."""
     from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
     batch, q_len, num_heads, _ = query.shape
@@ -621,12 +632,9 @@ def _pallas_tpu_attention(
             kv=jnp.where(kv_ok, kv_ids, -2).astype(jnp.int32),
         )
     heads_first = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
-    call = functools.partial(pallas_flash.flash_attention, causal=is_causal, sm_scale=float(scale))
-    if jax.default_backend() == "tpu":
-        out = call(*heads_first, segment_ids=segment_ids)
-    else:
-        with pltpu.force_tpu_interpret_mode():
-            out = call(*heads_first, segment_ids=segment_ids)
+    out = pallas_flash.flash_attention(
+        *heads_first, segment_ids=segment_ids, causal=is_causal, sm_scale=float(scale)
+    )
     out = jnp.swapaxes(out, 1, 2)
     # Rows that see no key (padding, or causal rows before any valid key) are zeros here.
     return jnp.where(q_ok[:, :, None, None], out, 0).astype(value.dtype)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,14 +58,16 @@ class _Masking:
 
     q_lengths, kv_lengths: [B] int32. q_segments [B, T], kv_segments [B, S] int32 (padded).
     mask [b, k, g, t, s] bool and bias [b, k, g, t, s] float, each axis full or 1 (padded).
+    Fields are typed Any: JAX rebuilds this pytree with its own placeholders (e.g. symbolic
+    zero cotangents) while differentiating, which a runtime type checker would reject.
     """
 
-    q_lengths: jax.Array | None = None
-    kv_lengths: jax.Array | None = None
-    q_segments: jax.Array | None = None
-    kv_segments: jax.Array | None = None
-    mask: jax.Array | None = None
-    bias: jax.Array | None = None
+    q_lengths: Any = None
+    kv_lengths: Any = None
+    q_segments: Any = None
+    kv_segments: Any = None
+    mask: Any = None
+    bias: Any = None
 
 
 jax.tree_util.register_dataclass(
@@ -466,12 +469,10 @@ def _static_mask(tiling: _Tiles, q0, q1, k0, k1):
     return allowed[:, c0:c1], (c0, c1)
 
 
-def _tile_scores(tiling: _Tiles, masking: _Masking, q, k, tile):
+def _tile_scores(tiling: _Tiles, masking: _Masking, q_tile, k, tile):
     """Scaled, biased, masked scores of one tile: f32 [B, K, G, q1-q0, k1-k0]."""
     q0, q1, k0, k1 = tile
-    scores = jnp.einsum(
-        "BKGTH,BKSH->BKGTS", q[:, :, :, q0:q1], k[:, :, k0:k1], preferred_element_type=_F32
-    )
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_tile, k[:, :, k0:k1], preferred_element_type=_F32)
     scores = scores * tiling.scale
     if masking.bias is not None:
         scores = scores + _tile_of(masking.bias, tile).astype(_F32)
@@ -519,6 +520,7 @@ def _unrolled(tiling: _Tiles, q, k, v, masking: _Masking):
 
 def _unrolled_forward(tiling: _Tiles, q, k, v, masking: _Masking):
     outs, lses = [], []
+    previous = None
     for tile in tiling.tiles:
         q0, q1, k0, k1 = tile
         rows = q.shape[:3] + (q1 - q0,)
@@ -526,7 +528,7 @@ def _unrolled_forward(tiling: _Tiles, q, k, v, masking: _Masking):
             outs.append(jnp.zeros(rows + (v.shape[-1],), v.dtype))
             lses.append(jnp.full(rows, -jnp.inf, _F32))
             continue
-        scores = _tile_scores(tiling, masking, q, k, tile)
+        scores = _tile_scores(tiling, masking, _rows_after(q, q0, q1, previous), k, tile)
         row_max = scores.max(axis=-1)
         safe_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)
         probs = jnp.exp(scores - safe_max[..., None])
@@ -539,9 +541,28 @@ def _unrolled_forward(tiling: _Tiles, q, k, v, masking: _Masking):
         )
         seen = row_sum > 0
         safe_sum = jnp.where(seen, row_sum, 1.0)
-        outs.append((moved / safe_sum[..., None]).astype(v.dtype))
-        lses.append(jnp.where(seen, safe_max + jnp.log(safe_sum), -jnp.inf))
+        out = (moved / safe_sum[..., None]).astype(v.dtype)
+        lse = jnp.where(seen, safe_max + jnp.log(safe_sum), -jnp.inf)
+        previous = lse
+        outs.append(out)
+        lses.append(lse)
     return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
+
+
+def _rows_after(x, q0: int, q1: int, previous):
+    """``x[:, :, :, q0:q1]``, read only once ``previous`` (the last tile's result) exists.
+
+    The tiles are independent, so XLA's CPU scheduler (which orders for concurrency, not
+    memory, and drops optimization barriers) otherwise computes every tile's [rows, keys]
+    arrays before using any of them: 196 MiB instead of 47 MiB for a T = 4096 forward. Adding
+    a zero computed from ``previous`` (always 0, but not provably so) orders the tiles.
+    """
+    rows = x[:, :, :, q0:q1]
+    if previous is None:
+        return rows
+    probe = previous.reshape(-1)[0]
+    zero = jnp.minimum((probe != probe).astype(jnp.int32), 0)
+    return rows + zero.astype(rows.dtype)
 
 
 def _unrolled_fwd(tiling: _Tiles, q, k, v, masking: _Masking):
@@ -560,13 +581,15 @@ def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
     d_k_t = jnp.zeros(k.shape[:2] + (k.shape[3], k.shape[2]), _F32)
     d_v_t = jnp.zeros(v.shape[:2] + (v.shape[3], v.shape[2]), _F32)
     d_bias = None if masking.bias is None else jnp.zeros(masking.bias.shape, _F32)
+    previous = None
     for tile in tiling.tiles:
         q0, q1, k0, k1 = tile
         if k1 <= k0:
             d_q_tiles.append(jnp.zeros(q.shape[:3] + (q1 - q0, q.shape[-1]), _F32))
             continue
-        q_tile, d_out_tile = q[:, :, :, q0:q1], d_out[:, :, :, q0:q1]
-        probs = jnp.exp(_tile_scores(tiling, masking, q, k, tile) - lse[..., q0:q1, None])
+        q_tile = _rows_after(q, q0, q1, previous)
+        d_out_tile = _rows_after(d_out, q0, q1, previous)
+        probs = jnp.exp(_tile_scores(tiling, masking, q_tile, k, tile) - lse[..., q0:q1, None])
         d_v_t = d_v_t.at[..., k0:k1].add(
             jnp.einsum(
                 "BKGTR,BKGTS->BKRS",
@@ -585,9 +608,11 @@ def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
         d_k_t = d_k_t.at[..., k0:k1].add(
             jnp.einsum("BKGTH,BKGTS->BKHS", q_tile, d_scores, preferred_element_type=_F32)
         )
-        d_q_tiles.append(
-            jnp.einsum("BKGTS,BKSH->BKGTH", d_scores, k[:, :, k0:k1], preferred_element_type=_F32)
+        d_q_tile = jnp.einsum(
+            "BKGTS,BKSH->BKGTH", d_scores, k[:, :, k0:k1], preferred_element_type=_F32
         )
+        previous = d_q_tile
+        d_q_tiles.append(d_q_tile)
     d_k, d_v = jnp.swapaxes(d_k_t, 2, 3), jnp.swapaxes(d_v_t, 2, 3)
     d_q = jnp.concatenate(d_q_tiles, axis=3)
     d_masking = jax.tree.map(lambda _: None, masking)
