@@ -50,10 +50,10 @@ setting's step count, after one warm-up step).
 Absolute times on a shared machine are noisy: compare the ratio columns (``vs X`` = this row's
 time / X's time, in the same run; below 1 is faster).
 
-The default run took 15 min on a 2-core machine shared with other jobs (load 4-6; the process
-got 11 CPU-minutes, a 2048³ matmul ran at 71 of the usual ~190 GFLOP/s); about half of it is
-``long_b1_t32768`` and ``b1_t4096``'s forward+backward. Use ``--cases``, ``--modes``,
-``--causal`` and ``--suite`` for short runs.
+The default run took 14-15 min (two runs) on a 2-core machine shared with other jobs (load 4-6;
+the process got about 11 CPU-minutes; a 2048³ matmul ran at 66-71 of the usual ~190 GFLOP/s);
+over half of it is ``long_b1_t32768`` and ``b1_t4096``'s forward+backward. Use ``--cases``,
+``--modes``, ``--causal`` and ``--suite`` for short runs.
 """
 
 from __future__ import annotations
