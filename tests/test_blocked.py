@@ -325,10 +325,12 @@ def test_pallas_tpu_kernel_in_interpret_mode(key):
     from jax.experimental.pallas import tpu as pltpu
 
     q, k, v = qkv(key, batch=1, q_len=128, k_len=128, heads=2, kv_heads=1, width=64, value_width=64)
+    # Queries 60-69 (segment 1) come before every key of segment 1: rows with no key.
     kwargs = dict(
         is_causal=True,
         key_value_seq_lengths=jnp.array([100]),
         query_segment_ids=jnp.array([[0] * 60 + [1] * 68]),
+        key_segment_ids=jnp.array([[0] * 70 + [1] * 58]),
     )
     with pytest.raises(ValueError, match="'pallas_tpu' does not support this call: it needs a TPU"):
         attnjax.dot_product_attention(q, k, v, implementation="pallas_tpu", **kwargs)
@@ -344,6 +346,7 @@ def test_pallas_tpu_kernel_in_interpret_mode(key):
         (_, out), grads = loss("pallas_tpu")(q, k, v)
     (_, want), want_grads = loss("einsum")(q, k, v)
     np.testing.assert_allclose(out, want, atol=2e-5)
+    assert float(jnp.abs(out[:, 60:70]).max()) == 0.0
     for g, w in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(g, w, atol=5e-5)
 

@@ -622,22 +622,44 @@ def _pallas_tpu_attention(
         if kv_lengths is None
         else (jnp.arange(k_len)[None] < kv_lengths[:, None])
     )
-    segment_ids = None
-    if q_ids is not None or q_lengths is not None or kv_lengths is not None:
-        # Padding becomes segment -1 (never equal to a real id, which is made >= 0 here).
-        q_ids = jnp.zeros((batch, q_len), jnp.int32) if q_ids is None else q_ids - q_ids.min()
-        kv_ids = jnp.zeros((batch, k_len), jnp.int32) if kv_ids is None else kv_ids - kv_ids.min()
-        segment_ids = pallas_flash.SegmentIds(
-            q=jnp.where(q_ok, q_ids, -1).astype(jnp.int32),
-            kv=jnp.where(kv_ok, kv_ids, -2).astype(jnp.int32),
-        )
+    if q_ids is None:
+        q_ids, kv_ids = jnp.zeros((batch, q_len), jnp.int32), jnp.zeros((batch, k_len), jnp.int32)
+    # Real ids shifted to >= 0 (both by the same amount); padding gets ids -1 and -2, which
+    # match nothing.
+    lowest = jnp.minimum(q_ids.min(), kv_ids.min())
+    segment_ids = pallas_flash.SegmentIds(
+        q=jnp.where(q_ok, q_ids - lowest, -1).astype(jnp.int32),
+        kv=jnp.where(kv_ok, kv_ids - lowest, -2).astype(jnp.int32),
+    )
     heads_first = [jnp.swapaxes(x, 1, 2) for x in (query, key, value)]
     out = pallas_flash.flash_attention(
         *heads_first, segment_ids=segment_ids, causal=is_causal, sm_scale=float(scale)
     )
     out = jnp.swapaxes(out, 1, 2)
-    # Rows that see no key (padding, or causal rows before any valid key) are zeros here.
-    return jnp.where(q_ok[:, :, None, None], out, 0).astype(value.dtype)
+    # The kernel averages all values for a row with no allowed key; define it as zeros.
+    sees_a_key = _rows_with_a_key(segment_ids.q, segment_ids.kv, is_causal)
+    return jnp.where(sees_a_key[:, :, None, None], out, 0).astype(value.dtype)
+
+
+def _rows_with_a_key(q_ids, kv_ids, is_causal):
+    """[B, T]: whether query t has a key s with the same id (and s <= t if causal).
+
+    Without building [T, S]: keys sorted by (id, position), then each query looks up the
+    first key of its id. Negative ids are padding and match nothing.
+    """
+    k_len = kv_ids.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(k_len), kv_ids.shape)
+
+    def one_example(q_ids, kv_ids, positions):
+        order = jnp.lexsort((positions, kv_ids))
+        sorted_ids, sorted_pos = kv_ids[order], positions[order]
+        first = jnp.minimum(jnp.searchsorted(sorted_ids, q_ids), k_len - 1)
+        found = (sorted_ids[first] == q_ids) & (q_ids >= 0)
+        if is_causal:
+            found &= sorted_pos[first] <= jnp.arange(q_ids.shape[0])
+        return found
+
+    return jax.vmap(one_example)(q_ids, kv_ids, positions)
 
 
 def _combined_mask(mask, is_causal, window, q_lengths, kv_lengths, q_len, k_len):
