@@ -109,9 +109,17 @@ def test_forward_flops_equal_the_dot_products_of_the_lowered_program(changes):
     assert measured == batch * length * flops_per_token(config, length, causal=False)
 
 
-def test_training_flops_are_three_forwards():
+@pytest.mark.parametrize("implementation", ["einsum", "blocked"])
+def test_training_flops_are_three_forwards(implementation):
+    """Backward = 2 × forward. The blocked path also recomputes the scores (and one row sum)."""
     config = ModelConfig(
-        vocab_size=64, max_seq_len=16, model_dim=32, num_heads=4, num_kv_heads=2, value_dim=4
+        vocab_size=64,
+        max_seq_len=16,
+        model_dim=32,
+        num_heads=4,
+        num_kv_heads=2,
+        value_dim=4,
+        attention_implementation=implementation,
     )
     graphdef, params, rest = _split(config)
     tokens = _tokens(2, 16)
@@ -122,7 +130,13 @@ def test_training_flops_are_three_forwards():
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1).mean()
 
     measured = stablehlo_dot_flops(jax.jit(jax.grad(loss)).lower(params, tokens).as_text())
-    assert measured == 2 * 16 * training_flops_per_token(config, 16, causal=False)
+    recomputed = 0
+    if implementation == "blocked":  # per layer: q·kᵀ over the grid, and rowsum(d_out · out)
+        batch, length, heads, width = 2, 16, 4, 32 // 4
+        recomputed = config.num_layers * (
+            2 * batch * heads * length * length * width + 2 * batch * length * heads * 4
+        )
+    assert measured == 2 * 16 * training_flops_per_token(config, 16, causal=False) + recomputed
     assert training_flops_per_token(config, 16) == 3 * flops_per_token(config, 16)
 
 
