@@ -403,3 +403,27 @@ def test_blocked_memory_grows_linearly_where_the_grid_grows_quadratically():
     assert grid_large > 10 * grid_small
     assert blocked_large < 8 * max(blocked_small, 8 * 2**20)
     assert blocked_large < grid_large / 8
+
+
+@pytest.mark.parametrize("case", ["lengths", "segments", "causal_window"])
+def test_head_chunks_match_all_heads_at_once(key, monkeypatch, case):
+    """Long inputs run the unrolled kernel over chunks of heads; force that on small ones."""
+    q, k, v = qkv(key)
+    kwargs = masking_cases(jax.random.fold_in(key, 1))[case]
+
+    def grads(q, k, v, **extra):
+        def f(q, k, v):
+            out = attnjax.dot_product_attention(q, k, v, block_sizes=(8, 16), **extra, **kwargs)
+            return (out * jnp.sin(out)).sum(), out
+
+        return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+    monkeypatch.setattr(blocked, "_TILE_BYTES", 2 * 4 * 8 * 2 * 45)  # 2 of the 4 heads a chunk
+    (_, out), got = grads(q, k, v, implementation="blocked")
+    (_, want_out), want = grads(q, k, v, implementation="vmap")
+    np.testing.assert_allclose(out, want_out, atol=2e-5, rtol=2e-5)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=3e-5, rtol=3e-5)
+    jaxpr = jax.make_jaxpr(lambda q: attnjax.dot_product_attention(
+        q, k, v, implementation="blocked", block_sizes=(8, 16), **kwargs))(q)  # fmt: skip
+    assert any(eqn.primitive.name == "scan" for eqn in _equations(jaxpr.jaxpr))
