@@ -378,14 +378,21 @@ def _attention_fwd(static: _Static, q, k, v, masking: _Masking):
 # --------------------------------------------------------------------------------------------
 
 
-def _attention_bwd(static: _Static, residuals, cotangents):
+def _backward_inputs(residuals, cotangents):
+    """What both backward passes start from: ``(q, k, v, masking, d_out, delta, lse)``.
+
+    d(score) = p · (d_p - delta), with delta = rowsum(d_out · out) - d_lse. A row with no
+    allowed key has lse = -inf; +inf there makes every recomputed p zero.
+    """
     q, k, v, masking, out, lse = residuals
     d_out, d_lse = cotangents
-    bq, bk = static.block_q, static.block_k
-    # d(score) = p · (d_p - delta), with delta = rowsum(d_out · out) - d_lse.
     delta = jnp.einsum("BKGTR,BKGTR->BKGT", d_out.astype(_F32), out.astype(_F32)) - d_lse
-    # A row with no allowed key has lse = -inf; +inf there makes every recomputed p zero.
-    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+    return q, k, v, masking, d_out, delta, jnp.where(lse == -jnp.inf, jnp.inf, lse)
+
+
+def _attention_bwd(static: _Static, residuals, cotangents):
+    q, k, v, masking, d_out, delta, lse = _backward_inputs(residuals, cotangents)
+    bq, bk = static.block_q, static.block_k
 
     def key_block(carry, j):
         d_q, d_bias = carry
@@ -613,10 +620,7 @@ def _unrolled_fwd(tiling: _Tiles, q, k, v, masking: _Masking):
 
 
 def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
-    q, k, v, masking, out, lse = residuals
-    d_out, d_lse = cotangents
-    delta = jnp.einsum("BKGTR,BKGTR->BKGT", d_out.astype(_F32), out.astype(_F32)) - d_lse
-    lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
+    q, k, v, masking, d_out, delta, lse = _backward_inputs(residuals, cotangents)
     d_q_tiles = []
     # d_k, d_v are accumulated transposed ([.., H, S]): XLA's CPU matmul then reads the
     # [T, S] tiles as they lie instead of copying each one into [S, T] order.
