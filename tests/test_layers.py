@@ -1,5 +1,7 @@
 """MultiHeadAttention, MLP and norms: against Flax's own module, causality, KV cache."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import jaxtyping
@@ -8,8 +10,9 @@ import pytest
 from flax import nnx
 
 from attnjax import functional as F
-from attnjax.layers import MLP, MultiHeadAttention, make_norm
+from attnjax.layers import ACTIVATIONS, MLP, MultiHeadAttention, make_norm
 from attnjax.layers._checks import error_if, trusted_inputs
+from attnjax.layers.mlp import gelu
 
 
 def test_matches_flax_multi_head_attention_with_copied_weights(key):
@@ -129,6 +132,18 @@ def test_mlp_and_norms_match_numpy(key):
         make_norm("batchnorm", 8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="activation='tanh' is unknown"):
         MLP(8, 16, activation="tanh", rngs=nnx.Rngs(0))
+
+
+def test_gelu_is_exact_gelu_in_value_and_gradient(key):
+    """The erf form of exact GELU agrees with float64 x·Φ(x) and with jax.nn.gelu."""
+    x = jnp.concatenate([jax.random.normal(key, (1000,)) * 4, jnp.array([-30.0, -9.0, 0.0, 9.0])])
+    xs = np.asarray(x, np.float64)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(xs / math.sqrt(2)))
+    pdf = np.exp(-0.5 * xs**2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(gelu(x), xs * cdf, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), cdf + xs * pdf, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    assert ACTIVATIONS["gelu"] is gelu
 
 
 def test_layer_output_matches_functional_reference(key):
