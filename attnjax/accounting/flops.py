@@ -16,8 +16,8 @@ Not counted: embedding look-ups, norms, softmax, activations, biases, residual a
 or O(N*S) per token each, a few percent for realistic widths). XLA's ``cost_analysis()`` counts
 them, and computes the full grid even when causal (it masks, it does not skip), so it exceeds
 the non-causal count by those elementwise terms only: measured on CPU for D=256 test models,
-+0.5-0.7% with ReLU and +4.0-4.8% with exact GELU (erf); tests/test_accounting.py and
-tests/test_accounting_flops.py bound them at +1.5% and +6%.
++0.5-0.8% with ReLU or with exact GELU written with erf (jax.nn.gelu's erfc form: +4.0-4.8%);
+tests/test_accounting.py and tests/test_accounting_flops.py bound them at +1.5% and +6%.
 
 Training is ``3 x`` forward: the backward pass computes gradients with respect to both the
 activations and the weights, each a matmul as large as the forward one (Kaplan et al. 2020).
