@@ -94,8 +94,11 @@ def test_train_step_learns_and_eval_agrees(tiny_training):
 
 
 def test_cpu_step_settings_change_speed_not_results(tiny_training, monkeypatch):
-    """The step's CPU compiler options leave its numbers as XLA's defaults give them (to
-    summation order)."""
+    """The step's CPU compiler options and malloc setting leave its numbers as XLA's defaults
+    give them (to summation order)."""
+    import platform
+    import sys
+
     from attnjax.training import step as step_lib
 
     split, tx, step = tiny_training
@@ -112,6 +115,8 @@ def test_cpu_step_settings_change_speed_not_results(tiny_training, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     if step_lib._cpu_options_known():  # the options reach the compiled step
         assert "__ynn_fusion" not in step.lower(ours, batch).compile().as_text()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert step_lib.reuse_freed_host_memory() is glibc
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_training):
