@@ -266,9 +266,12 @@ def test_choose_implementation_per_backend(key):
     assert choose(q, k, v, dropout_rate=0.1, backend="gpu") == "einsum"
     # cuDNN only for what it supports (float16/bfloat16 here); float32 stays blocked on GPU.
     assert choose(q, k, v, backend="gpu") == "blocked"
+    half = [x.astype(jnp.bfloat16) for x in qkv(key, width=16, value_width=16)]
+    assert choose(*half, backend="gpu") == "cudnn"
+    assert choose(*half, backend="cpu") == "blocked"
     # The Pallas TPU kernel needs T, S multiples of 128 and no mask argument.
     long = qkv(key, q_len=128, k_len=256, value_width=8)
-    assert choose(*long, backend="tpu") in ("pallas_tpu", "blocked")
+    assert choose(*long, backend="tpu") == "pallas_tpu"
     assert choose(q, k, v, backend="tpu") == "blocked"
     assert choose(*long, mask=jnp.ones((1, 1, 128, 256), bool), backend="tpu") == "blocked"
 

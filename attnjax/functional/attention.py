@@ -241,14 +241,14 @@ def dot_product_attention(
         bias = jnp.where(bias > -jnp.inf, bias, 0.0)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
-    call = dict(
-        bias=bias,
-        mask=mask,
-        is_causal=is_causal,
-        local_window_size=window,
-        segment_ids=query_segment_ids is not None,
-        return_pattern=return_pattern,
-        dropout_rate=dropout_rate,
+    call = _describe_call(
+        bias,
+        mask,
+        is_causal,
+        window,
+        query_segment_ids is not None,
+        return_pattern,
+        dropout_rate,
     )
     implementation = _checked_implementation(implementation, (query, key, value), call)
     if return_lse and implementation not in _GIVES_LSE:
@@ -443,9 +443,14 @@ def choose_implementation(
     - Otherwise (CPU): ``"blocked"``, which measured faster than the alternatives there
       (``experiments/benchmark.py``) and never needs O(T²) memory.
     """
-    backend = jax.default_backend() if backend is None else backend
     window = None if local_window_size is None else masks_lib.normalize_window(local_window_size)
-    call = dict(
+    call = _describe_call(bias, mask, is_causal, window, segment_ids, return_pattern, dropout_rate)
+    return _choose((query, key, value), call, backend or jax.default_backend())
+
+
+def _describe_call(bias, mask, is_causal, window, segment_ids, return_pattern, dropout_rate):
+    """What the implementation checks look at: the call's arguments (window normalized)."""
+    return dict(
         bias=bias,
         mask=mask,
         is_causal=is_causal,
@@ -454,10 +459,14 @@ def choose_implementation(
         return_pattern=return_pattern,
         dropout_rate=dropout_rate,
     )
-    qkv = (query, key, value)
-    if return_pattern or dropout_rate > 0:
+
+
+def _choose(qkv, call, backend: str) -> str:
+    if call["return_pattern"] or call["dropout_rate"] > 0:
         return "einsum"
-    if backend == "gpu" and not _unsupported("cudnn", qkv, call):
+    if backend == "gpu" and not (
+        _unsupported("cudnn", qkv, call) or _cudnn_device_unsupported(qkv[0], backend)
+    ):
         return "cudnn"
     if backend == "tpu" and not _unsupported("pallas_tpu", qkv, call):
         return "pallas_tpu"
@@ -475,7 +484,7 @@ def _checked_implementation(implementation, qkv, call) -> str:
     if not 0.0 <= call["dropout_rate"] < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {call['dropout_rate']}")
     if implementation is None:
-        chosen = choose_implementation(*qkv, **call)
+        chosen = _choose(qkv, call, jax.default_backend())
         if (jax.default_backend(), chosen) not in _logged_choices:
             _logged_choices.add((jax.default_backend(), chosen))
             _log.info(
@@ -497,6 +506,8 @@ def _checked_implementation(implementation, qkv, call) -> str:
         )
     if implementation == "cudnn":
         _check_cudnn_device(qkv[0])
+    if implementation == "pallas_tpu":
+        _check_pallas_tpu_device()
     return implementation
 
 
@@ -550,9 +561,12 @@ def _cudnn_unsupported(query, window, is_causal) -> str:
     return ""
 
 
-def _cudnn_device_unsupported(query) -> str:
-    if jax.default_backend() != "gpu":
-        return f"it needs an NVIDIA GPU, but the default backend is {jax.default_backend()!r}"
+def _cudnn_device_unsupported(query, backend: str | None = None) -> str:
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "gpu":
+        return f"it needs an NVIDIA GPU, but the default backend is {backend!r}"
+    if jax.default_backend() != "gpu":  # asked about a GPU from elsewhere: assume Hopper
+        return ""
     capability = getattr(jax.devices()[0], "compute_capability", "9.0")
     before_hopper = tuple(int(x) for x in str(capability).split(".")[:2]) < (9, 0)
     if before_hopper and query.shape[-1] > 128:
@@ -582,15 +596,20 @@ def _pallas_tpu_unsupported(query, key, call) -> str:
         return "a mask or bias argument (pass padding as seq lengths, packing as segment ids)"
     if call["local_window_size"] is not None:
         return "local_window_size"
-    if jax.default_backend() != "tpu" and not _pallas_interpreting():
-        return (
-            f"it needs a TPU, but the default backend is {jax.default_backend()!r} (to test it "
-            "elsewhere, call under jax.experimental.pallas.tpu.force_tpu_interpret_mode())"
-        )
     q_len, k_len = query.shape[1], key.shape[1]
     if q_len % _PALLAS_BLOCK or k_len % _PALLAS_BLOCK:
         return f"T={q_len}, S={k_len} (both must be multiples of {_PALLAS_BLOCK})"
     return ""
+
+
+def _check_pallas_tpu_device() -> None:
+    if jax.default_backend() != "tpu" and not _pallas_interpreting():
+        raise ValueError(
+            "implementation='pallas_tpu' does not support this call: it needs a TPU, but the "
+            f"default backend is {jax.default_backend()!r} (to test it elsewhere, call under "
+            "jax.experimental.pallas.tpu.force_tpu_interpret_mode()); use implementation="
+            "'blocked' or 'einsum'"
+        )
 
 
 def _pallas_interpreting() -> bool:
