@@ -244,11 +244,9 @@ def _key_block_range(static: _Static, masking: _Masking, i):
     bq, bk = static.block_q, static.block_k
     first_q, last_q = i * bq, i * bq + bq - 1
     lo, hi = 0, static.num_k_blocks
-    right = 0 if static.is_causal else None
     if static.window is not None:
-        left, w_right = static.window
-        lo = jnp.maximum(0, (first_q - left) // bk)
-        right = w_right if right is None else min(right, w_right)
+        lo = jnp.maximum(0, (first_q - static.window[0]) // bk)
+    right = _right_reach(static)
     if right is not None:
         hi = jnp.minimum(hi, (last_q + right) // bk + 1)
     hi = jnp.minimum(hi, -(-jnp.max(masking.kv_lengths) // bk))
@@ -256,16 +254,20 @@ def _key_block_range(static: _Static, masking: _Masking, i):
     return lo, jnp.maximum(hi, lo)
 
 
+def _right_reach(static: _Static) -> int | None:
+    """How far right of itself a query may look (0 if causal; None: unbounded)."""
+    reaches = ([0] if static.is_causal else []) + ([static.window[1]] if static.window else [])
+    return min(reaches) if reaches else None
+
+
 def _query_block_range(static: _Static, masking: _Masking, j):
     """Query blocks [lo, hi) that can see key block ``j`` (the transpose of the above)."""
     bq, bk = static.block_q, static.block_k
     first_k, last_k = j * bk, j * bk + bk - 1
     lo, hi = 0, static.num_q_blocks
-    right = 0 if static.is_causal else None
-    if static.window is not None:
-        left, w_right = static.window
-        hi = jnp.minimum(hi, (last_k + left) // bq + 1)  # k >= q - left  ⇔  q <= k + left
-        right = w_right if right is None else min(right, w_right)
+    if static.window is not None:  # k >= q - left  ⇔  q <= k + left
+        hi = jnp.minimum(hi, (last_k + static.window[0]) // bq + 1)
+    right = _right_reach(static)
     if right is not None:  # k <= q + right  ⇔  q >= k - right
         lo = jnp.maximum(0, (first_k - right) // bq)
     hi = jnp.minimum(hi, -(-jnp.max(masking.q_lengths) // bq))
