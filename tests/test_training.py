@@ -119,6 +119,21 @@ def test_cpu_step_settings_change_speed_not_results(tiny_training, monkeypatch):
     assert step_lib.reuse_freed_host_memory() is glibc
 
 
+def test_reuse_host_memory_switch(tiny_training, monkeypatch):
+    """The steps set malloc up only when asked (the default), and only on CPU."""
+    from attnjax.training import step as step_lib
+
+    split, tx, _ = tiny_training
+    calls = []
+    monkeypatch.setattr(step_lib, "reuse_freed_host_memory", lambda: calls.append(1) or True)
+    step_lib.make_train_step(split.graphdef, split.rest, tx, reuse_host_memory=False)
+    step_lib.make_eval_step(split.eval_graphdef, split.rest, reuse_host_memory=False)
+    assert calls == []
+    step_lib.make_train_step(split.graphdef, split.rest, tx)
+    step_lib.make_eval_step(split.eval_graphdef, split.rest)
+    assert len(calls) == (2 if jax.default_backend() == "cpu" else 0)
+
+
 def test_checkpoint_round_trip(tmp_path, tiny_training):
     split, tx, step = tiny_training
     params = jax.tree.map(jnp.copy, split.params)  # the step donates its input

@@ -72,7 +72,8 @@ def reuse_freed_host_memory() -> bool:
     the next step reuses the same, already mapped pages.
 
     Process-wide and permanent: memory freed later stays with the process (and is reused by it).
-    The train and eval steps call it on CPU. Returns whether it applied (glibc on Linux only).
+    The train and eval steps call it on CPU unless made with ``reuse_host_memory=False``.
+    Returns whether it applied (glibc on Linux only).
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
@@ -147,12 +148,14 @@ def make_train_step(
     *,
     dropout_seed: int | None = None,
     state_sharding=None,
+    reuse_host_memory: bool = True,
 ) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
     ``dropout_seed``: if set (models with dropout), the dropout RNG is reseeded each step from
     ``(dropout_seed, step)`` so a resumed run draws the same masks. ``state_sharding`` pins the
-    output state to the input's sharding (for meshes).
+    output state to the input's sharding (for meshes). ``reuse_host_memory``: on CPU, call
+    ``reuse_freed_host_memory()`` (process-wide; pass False to leave malloc as it is).
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -171,19 +174,20 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state), metrics
 
     out_shardings = None if state_sharding is None else (state_sharding, None)
-    if jax.default_backend() == "cpu":
+    if reuse_host_memory and jax.default_backend() == "cpu":
         reuse_freed_host_memory()
     return jax.jit(
         step, donate_argnums=0, out_shardings=out_shardings, compiler_options=compiler_options()
     )
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest) -> Callable:
-    """The jitted ``(params, batch) -> metrics``; ``graphdef`` of the model in eval mode."""
+def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = True) -> Callable:
+    """The jitted ``(params, batch) -> metrics``; ``graphdef`` of the model in eval mode.
+    ``reuse_host_memory`` as in ``make_train_step``."""
 
     def step(params, batch):
         return _forward(graphdef, params, rest, batch)
 
-    if jax.default_backend() == "cpu":
+    if reuse_host_memory and jax.default_backend() == "cpu":
         reuse_freed_host_memory()
     return jax.jit(step, compiler_options=compiler_options())
