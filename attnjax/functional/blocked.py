@@ -114,6 +114,9 @@ def blocked_attention(
     k_len, num_kv_heads = key.shape[1], key.shape[2]
     group = num_heads // num_kv_heads
     block_q, block_k = _block_sizes(block_sizes, q_len, k_len)
+    on_queries, scale = _split_scale(scale, query.dtype)
+    if on_queries != 1.0:  # differentiated by JAX: d_query gets the factor too
+        query = (query * on_queries).astype(query.dtype)
     q = query.reshape(batch, q_len, num_kv_heads, group, -1).transpose(0, 2, 3, 1, 4)
     k = key.transpose(0, 2, 1, 3)
     v = value.transpose(0, 2, 1, 3)
@@ -178,6 +181,18 @@ def _unrolled_by_head_chunks(tiling, q, k, v, masks, tile_elements_per_head: int
     out, lse = lax.map(one_chunk, jax.tree.map(chunked, (*flat, per_head_masks)))
     out = out.reshape((batch, num_kv_heads) + out.shape[3:])
     return out, lse.reshape((batch, num_kv_heads) + lse.shape[3:])
+
+
+def _split_scale(scale, dtype) -> tuple[float, float]:
+    """How the softmax scale is split: ``(on_queries, on_scores)``, their product the scale.
+
+    Scaling the [T, H] queries once is cheaper than scaling every [T, S] score tile; it is done
+    whenever it is exact enough: float32 queries, or a power-of-two scale (exact in any format).
+    """
+    scale = float(scale)
+    if math.frexp(scale)[0] == 0.5 or jnp.dtype(dtype) == jnp.float32:
+        return scale, 1.0
+    return 1.0, scale
 
 
 def _block_sizes(block_sizes, q_len: int, k_len: int) -> tuple[int, int]:
@@ -290,17 +305,26 @@ def _block_mask(static: _Static, masking: _Masking, i, j):
         k_pos[None] < masking.kv_lengths[:, None, None]
     )  # [B, bq, bk]
     allowed = lengths_ok[:, None, None]
-    if static.is_causal:
-        allowed = allowed & (k_pos <= q_pos)
-    if static.window is not None:
-        left, right = static.window
-        allowed = allowed & (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
+    reach = _in_reach(q_pos, k_pos, static.is_causal, static.window)
+    if reach is not None:
+        allowed = allowed & reach
     if masking.q_segments is not None:
         q_seg = lax.dynamic_slice_in_dim(masking.q_segments, i * bq, bq, axis=1)
         k_seg = lax.dynamic_slice_in_dim(masking.kv_segments, j * bk, bk, axis=1)
         allowed = allowed & (q_seg[:, :, None] == k_seg[:, None, :])[:, None, None]
     if masking.mask is not None:
         allowed = allowed & _block_of(masking.mask, static, i, j)
+    return allowed
+
+
+def _in_reach(q_pos, k_pos, is_causal: bool, window):
+    """Whether each query position may see each key position by causality and the window
+    (NumPy or JAX integer arrays, broadcast together); None when neither restricts."""
+    allowed = (k_pos <= q_pos) if is_causal else None
+    if window is not None:
+        left, right = window
+        in_window = (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
+        allowed = in_window if allowed is None else allowed & in_window
     return allowed
 
 
@@ -322,7 +346,8 @@ def _window_of(x, q_start, q_size: int, k_start, k_size: int):
 def _block_scores(static: _Static, masking: _Masking, q_block, k_block, i, j):
     """Scaled scores of a block, -inf where not allowed: f32 [B, K, G, bq, bk]."""
     scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_block, k_block, preferred_element_type=_F32)
-    scores = scores * static.scale
+    if static.scale != 1.0:
+        scores = scores * static.scale
     if masking.bias is not None:
         scores = scores + _block_of(masking.bias, static, i, j).astype(_F32)
     return jnp.where(_block_mask(static, masking, i, j), scores, -jnp.inf)
@@ -524,41 +549,19 @@ def _positional_mask(tiling: _Tiles, tile):
     scores instead of reading a constant.
     """
     q0, q1, k0, k1 = tile
-
-    def allowed(xp, q_pos, k_pos):
-        ok = xp.ones((q1 - q0, k1 - k0), bool)
-        if tiling.is_causal:
-            ok &= k_pos <= q_pos
-        if tiling.window is not None:
-            left, right = tiling.window
-            ok &= (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
-        return ok
-
-    if allowed(np, np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :]).all():
+    rule = (tiling.is_causal, tiling.window)
+    static = _in_reach(np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :], *rule)
+    if static is None or static.all():
         return None
-    return allowed(jnp, jnp.arange(q0, q1)[:, None], jnp.arange(k0, k1)[None, :])
-
-
-def _query_scale(tiling: _Tiles, dtype) -> tuple[float, float]:
-    """How the softmax scale is split: ``(on_queries, on_scores)``, their product the scale.
-
-    Scaling the [T, H] queries once is cheaper than scaling every [T, S] score tile; it is done
-    whenever it is exact enough: float32 queries, or a power-of-two scale (exact in any format).
-    """
-    exact = math.frexp(tiling.scale)[0] == 0.5
-    if exact or jnp.dtype(dtype) == jnp.float32:
-        return tiling.scale, 1.0
-    return 1.0, tiling.scale
+    return _in_reach(jnp.arange(q0, q1)[:, None], jnp.arange(k0, k1)[None, :], *rule)
 
 
 def _tile_scores(tiling: _Tiles, masking: _Masking, q_tile, k, tile):
-    """Masked, biased scores of one tile, f32 [B, K, G, q1-q0, k1-k0], from queries that
-    already carry ``_query_scale``'s first factor."""
+    """Scaled, biased, masked scores of one tile: f32 [B, K, G, q1-q0, k1-k0]."""
     q0, q1, k0, k1 = tile
     scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_tile, k[:, :, k0:k1], preferred_element_type=_F32)
-    on_scores = _query_scale(tiling, q_tile.dtype)[1]
-    if on_scores != 1.0:
-        scores = scores * on_scores
+    if tiling.scale != 1.0:
+        scores = scores * tiling.scale
     if masking.bias is not None:
         scores = scores + _tile_of(masking.bias, tile).astype(_F32)
     parts = [_dynamic_tile_mask(masking, tile), _positional_mask(tiling, tile)]
@@ -596,16 +599,10 @@ def _dynamic_tile_mask(masking: _Masking, tile):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _unrolled(tiling: _Tiles, q, k, v, masking: _Masking):
     """q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,R] → out [B,K,G,T,R], lse [B,K,G,T]."""
-    return _unrolled_forward(tiling, _scaled_queries(tiling, q), k, v, masking)
-
-
-def _scaled_queries(tiling: _Tiles, q):
-    on_queries = _query_scale(tiling, q.dtype)[0]
-    return q if on_queries == 1.0 else (q * on_queries).astype(q.dtype)
+    return _unrolled_forward(tiling, q, k, v, masking)
 
 
 def _unrolled_forward(tiling: _Tiles, q, k, v, masking: _Masking):
-    """The forward pass from ``_scaled_queries``."""
     outs, lses = [], []
     previous = None
     for tile in tiling.tiles:
@@ -653,15 +650,12 @@ def _rows_after(x, q0: int, q1: int, previous):
 
 
 def _unrolled_fwd(tiling: _Tiles, q, k, v, masking: _Masking):
-    q = _scaled_queries(tiling, q)
     out, lse = _unrolled_forward(tiling, q, k, v, masking)
     return (out, lse), (q, k, v, masking, out, lse)
 
 
 def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
-    # q carries the scale's query factor: d_k comes out right from it, d_q gets it at the end.
     q, k, v, masking, d_out, delta, lse = _backward_inputs(residuals, cotangents)
-    on_queries, on_scores = _query_scale(tiling, q.dtype)
     d_q_tiles = []
     # d_k, d_v are accumulated transposed ([.., H, S]): XLA's CPU matmul then reads the
     # [T, S] tiles as they lie instead of copying each one into [S, T] order.
@@ -691,7 +685,7 @@ def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
         d_scores = probs * (d_probs - delta[..., q0:q1, None])
         if d_bias is not None:
             d_bias = _add_window(d_bias, d_scores, q0, k0)
-        d_scores = (d_scores * on_scores).astype(q.dtype)
+        d_scores = (d_scores * tiling.scale).astype(q.dtype)
         d_k_t = d_k_t.at[..., k0:k1].add(
             jnp.einsum("BKGTH,BKGTS->BKHS", q_tile, d_scores, preferred_element_type=_F32)
         )
@@ -701,7 +695,7 @@ def _unrolled_bwd(tiling: _Tiles, residuals, cotangents):
         previous = d_q_tile
         d_q_tiles.append(d_q_tile)
     d_k, d_v = jnp.swapaxes(d_k_t, 2, 3), jnp.swapaxes(d_v_t, 2, 3)
-    d_q = jnp.concatenate(d_q_tiles, axis=3) * on_queries
+    d_q = jnp.concatenate(d_q_tiles, axis=3)
     d_masking = jax.tree.map(lambda _: None, masking)
     if d_bias is not None:
         d_masking = dataclasses.replace(d_masking, bias=d_bias.astype(masking.bias.dtype))
