@@ -174,11 +174,7 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state), metrics
 
     out_shardings = None if state_sharding is None else (state_sharding, None)
-    if reuse_host_memory and jax.default_backend() == "cpu":
-        reuse_freed_host_memory()
-    return jax.jit(
-        step, donate_argnums=0, out_shardings=out_shardings, compiler_options=compiler_options()
-    )
+    return _jit_step(step, reuse_host_memory, donate_argnums=0, out_shardings=out_shardings)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = True) -> Callable:
@@ -188,6 +184,11 @@ def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = Tr
     def step(params, batch):
         return _forward(graphdef, params, rest, batch)
 
+    return _jit_step(step, reuse_host_memory)
+
+
+def _jit_step(step: Callable, reuse_host_memory: bool, **jit_kwargs) -> Callable:
+    """``jax.jit`` with the steps' compiler options, after the malloc setting on CPU."""
     if reuse_host_memory and jax.default_backend() == "cpu":
         reuse_freed_host_memory()
-    return jax.jit(step, compiler_options=compiler_options())
+    return jax.jit(step, compiler_options=compiler_options(), **jit_kwargs)
