@@ -16,7 +16,10 @@ import pytest
 
 import attnjax
 from attnjax.analysis import pattern_tile
-from attnjax.functional import blocked
+from attnjax.functional import Masking
+from attnjax.functional.backends import _blocked_loop as loop
+from attnjax.functional.backends import blocked
+from attnjax.functional.backends import jax_nn as jax_nn_backends
 from tests.reference import numpy_attention
 
 # (block_q, block_k): 37 queries in 5 unrolled blocks, or in 19 blocks run by lax loops.
@@ -214,17 +217,18 @@ def test_hidden_blocks_are_skipped_not_masked(key):
 
 
 def test_looped_kernel_visits_only_visible_key_blocks():
-    static = blocked._Static(0.1, True, None, 4, 4, 8, 8)
-    masking = blocked._Masking(q_lengths=jnp.array([32]), kv_lengths=jnp.array([32]))
-    ranges = [tuple(int(x) for x in blocked._key_block_range(static, masking, i)) for i in range(8)]
+    blocks = loop.Blocks(0.1, 1, 4, 4, 8, 8)
+    lengths = dict(query_lengths=jnp.array([32]), key_lengths=jnp.array([32]))
+    causal = Masking(is_causal=True, **lengths)
+    ranges = [tuple(int(x) for x in loop.key_block_range(blocks, causal, i)) for i in range(8)]
     assert ranges == [(0, i + 1) for i in range(8)]
-    window = blocked._Static(0.1, False, (4, 0), 4, 4, 8, 8)
-    ranges = [tuple(int(x) for x in blocked._key_block_range(window, masking, i)) for i in range(8)]
+    window = Masking(window=(4, 0), **lengths)
+    ranges = [tuple(int(x) for x in loop.key_block_range(blocks, window, i)) for i in range(8)]
     assert ranges == [(max(0, i - 1), i + 1) for i in range(8)]
-    rows = [tuple(int(x) for x in blocked._query_block_range(static, masking, j)) for j in range(8)]
+    rows = [tuple(int(x) for x in loop.query_block_range(blocks, causal, j)) for j in range(8)]
     assert rows == [(j, 8) for j in range(8)]
-    short = blocked._Masking(q_lengths=jnp.array([32]), kv_lengths=jnp.array([10]))
-    assert tuple(int(x) for x in blocked._key_block_range(static, short, 7)) == (0, 3)
+    short = Masking(is_causal=True, query_lengths=jnp.array([32]), key_lengths=jnp.array([10]))
+    assert tuple(int(x) for x in loop.key_block_range(blocks, short, 7)) == (0, 3)
 
 
 def _equations(jaxpr):
@@ -248,52 +252,59 @@ def test_pattern_tile_from_lse_equals_the_returned_pattern(key):
     _, pattern = attnjax.dot_product_attention(
         q, k, v, implementation="vmap", return_pattern=True, **kwargs
     )
+    masking = Masking.make(pattern.shape, **kwargs)
     tile = pattern_tile(
-        q, k, lse, batch=1, head=3, queries=slice(8, 30), keys=slice(5, 40), **kwargs
+        q, k, lse, batch=1, head=3, queries=slice(8, 30), keys=slice(5, 40), masking=masking
     )
     np.testing.assert_allclose(tile, pattern[1, 3, 8:30, 5:40], atol=1e-6)
-    whole = pattern_tile(q, k, lse, batch=0, head=1, **kwargs)
+    whole = pattern_tile(q, k, lse, batch=0, head=1, masking=masking)
     np.testing.assert_allclose(whole.sum(-1), np.asarray(pattern[0, 1]).sum(-1), atol=1e-5)
     with pytest.raises(ValueError, match="head=4 out of range"):
         pattern_tile(q, k, lse, head=4)
 
 
-def test_choose_implementation_per_backend(key):
+def test_choose_implementation_per_backend(key, monkeypatch):
     q, k, v = qkv(key, value_width=8)
     choose = attnjax.functional.choose_implementation
-    assert choose(q, k, v, backend="cpu") == "blocked"
-    assert choose(q, k, v, return_pattern=True, backend="cpu") == "einsum"
-    assert choose(q, k, v, dropout_rate=0.1, backend="gpu") == "einsum"
+    assert choose(q, k, v, platform="cpu") == "blocked"
+    assert choose(q, k, v, return_pattern=True, platform="cpu") == "einsum"
+    assert choose(q, k, v, dropout_rate=0.1, platform="gpu") == "einsum"
     # cuDNN only for what it supports (float16/bfloat16 here); float32 stays blocked on GPU.
-    assert choose(q, k, v, backend="gpu") == "blocked"
+    assert choose(q, k, v, platform="gpu") == "blocked"
     half = [x.astype(jnp.bfloat16) for x in qkv(key, width=16, value_width=16)]
-    assert choose(*half, backend="gpu") == "cudnn"
-    assert choose(*half, backend="cpu") == "blocked"
+    monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: False)  # no CUDA plugin
+    assert choose(*half, platform="gpu") == "blocked"
+    monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: True)
+    assert choose(*half, platform="gpu") == "cudnn"
+    assert choose(*half, platform="cpu") == "blocked"
     # The Pallas TPU kernel needs T, S multiples of 128 and no mask argument.
     long = qkv(key, q_len=128, k_len=256, value_width=8)
-    assert choose(*long, backend="tpu") == "pallas_tpu"
-    assert choose(q, k, v, backend="tpu") == "blocked"
-    assert choose(*long, mask=jnp.ones((1, 1, 128, 256), bool), backend="tpu") == "blocked"
+    assert choose(*long, platform="tpu") == "pallas_tpu"
+    assert choose(q, k, v, platform="tpu") == "blocked"
+    masked = Masking(mask=jnp.ones((1, 1, 128, 256), bool))
+    assert choose(*long, masking=masked, platform="tpu") == "blocked"
 
 
 def test_default_implementation_is_blocked_on_cpu_and_logged_once(key, caplog):
     q, k, v = qkv(key)
-    attnjax.functional.attention._logged_choices.clear()
+    attnjax.functional.dispatch._logged.clear()
     with caplog.at_level("INFO", logger="attnjax"):
         default = attnjax.dot_product_attention(q, k, v, is_causal=True)
         attnjax.dot_product_attention(q, k, v)
     blocked_out = attnjax.dot_product_attention(q, k, v, is_causal=True, implementation="blocked")
     np.testing.assert_array_equal(default, blocked_out)
     messages = [r.getMessage() for r in caplog.records if "implementation=None" in r.getMessage()]
-    assert messages == ["attnjax.dot_product_attention: implementation=None runs 'blocked' on cpu"]
+    assert messages == [
+        "attnjax.dot_product_attention: implementation=None runs 'blocked' on every platform"
+    ]
 
 
 def test_blocked_argument_errors_name_the_argument(key, without_jaxtyping):
     q, k, v = qkv(key)
     with pytest.raises(ValueError, match="'blocked' never builds the pattern"):
         attnjax.dot_product_attention(q, k, v, implementation="blocked", return_pattern=True)
-    with pytest.raises(ValueError, match="return_lse=True needs implementation='blocked'"):
-        attnjax.dot_product_attention(q, k, v, implementation="vmap", return_lse=True)
+    with pytest.raises(ValueError, match="'pallas_tpu' gives no log-sum-exp"):
+        attnjax.dot_product_attention(q, k, v, implementation="pallas_tpu", return_lse=True)
     with pytest.raises(ValueError, match="block_q must be a positive int"):
         attnjax.dot_product_attention(q, k, v, implementation="blocked", block_sizes=(0, 8))
     with pytest.raises(ValueError, match=r"block_sizes must be a \(block_q, block_k\) pair"):
@@ -335,7 +346,7 @@ def test_pallas_tpu_kernel_in_interpret_mode(key):
         query_segment_ids=jnp.array([[0] * 60 + [1] * 68]),
         key_segment_ids=jnp.array([[0] * 70 + [1] * 58]),
     )
-    with pytest.raises(ValueError, match="'pallas_tpu' does not support this call: it needs a TPU"):
+    with pytest.raises(ValueError, match="Only interpret mode is supported on CPU"):
         attnjax.dot_product_attention(q, k, v, implementation="pallas_tpu", **kwargs)
 
     def loss(implementation):
@@ -409,7 +420,7 @@ def test_blocked_memory_grows_linearly_where_the_grid_grows_quadratically():
 
 
 @pytest.mark.parametrize("case", ["lengths", "segments", "causal_window"])
-def test_head_chunks_match_all_heads_at_once(key, monkeypatch, case):
+def test_head_chunks_match_all_heads_at_once(key, monkeypatch, request, case):
     """Long inputs run the unrolled kernel over chunks of heads; force that on small ones."""
     q, k, v = qkv(key)
     kwargs = masking_cases(jax.random.fold_in(key, 1))[case]
@@ -422,6 +433,8 @@ def test_head_chunks_match_all_heads_at_once(key, monkeypatch, case):
         return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
 
     monkeypatch.setattr(blocked, "_TILE_BYTES", 2 * 4 * 8 * 2 * 45)  # 2 of the 4 heads a chunk
+    jax.clear_caches()  # traces cached by earlier tests were made with all heads in one chunk
+    request.addfinalizer(jax.clear_caches)
     (_, out), got = grads(q, k, v, implementation="blocked")
     (_, want_out), want = grads(q, k, v, implementation="vmap")
     np.testing.assert_allclose(out, want_out, atol=2e-5, rtol=2e-5)

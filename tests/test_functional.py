@@ -8,6 +8,7 @@ from jax.test_util import check_grads
 
 import attnjax
 from attnjax import functional as F
+from attnjax.functional.backends import jax_nn as jax_nn_backends
 from tests.reference import numpy_attention
 
 IMPLS = ["vmap", "einsum", "blocked", "xla"]
@@ -453,7 +454,7 @@ def cudnn_via_xla(monkeypatch):
         calls.append(dict(bias=bias, mask=mask, **kwargs))
         return real(query, key, value, bias, mask, implementation="xla", **kwargs)
 
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: True)
     monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
     return calls
 
@@ -486,7 +487,7 @@ def test_cudnn_errors_that_need_the_gpu_name_the_implementation(key, monkeypatch
     def fake(*args, **kwargs):
         raise NotImplementedError("Unsupported sequence length Q 5, KV 7.")
 
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: True)
     monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
     q, k, v = qkv(key, dtype=jnp.bfloat16)
     with pytest.raises(ValueError, match="implementation='cudnn' does not support .*Q 5, KV 7"):

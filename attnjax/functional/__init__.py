@@ -1,15 +1,15 @@
 """Pure JAX attention math: arrays in, arrays out. Imports jax and numpy only."""
 
 from attnjax.functional.attention import (
-    IMPLEMENTATIONS,
     attend,
     attention_pattern,
     attention_scores,
-    choose_implementation,
-    dot_product_attention,
     masked_softmax,
     single_head_attention,
 )
+from attnjax.functional.backends import IMPLEMENTATIONS
+from attnjax.functional.dispatch import choose_implementation, dot_product_attention
+from attnjax.functional.masking import Masking
 from attnjax.functional.masks import (
     causal_mask,
     combine_masks,
@@ -26,6 +26,7 @@ from attnjax.functional.positional import (
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "Masking",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",

@@ -13,9 +13,8 @@ from jaxtyping import Array, Bool, Int
 
 from attnjax.functional._checks import as_int, per_example_lengths
 from attnjax.functional._types import ArrayT, IntLike
+from attnjax.functional.masking import Masking, Window, normalize_window
 
-# local_window_size: one int (symmetric) or a (left, right) pair.
-Window = IntLike | tuple[IntLike, IntLike]
 Offset = IntLike | ArrayT
 
 __all__ = [
@@ -41,9 +40,10 @@ def causal_mask(
     ``i`` (absolute position ``offset + i``) sees the whole prefix and itself.
     """
     query_length, key_length = _lengths(query_length, key_length)
-    query_pos = _positions(query_length, offset)
-    key_pos = _positions(key_length)
-    return (key_pos[None, :] <= query_pos[:, None])[None, None]
+    rule = Masking(is_causal=True)
+    return rule.in_reach(_positions(query_length, offset)[:, None], _positions(key_length))[
+        None, None
+    ]
 
 
 def sliding_window_mask(
@@ -60,10 +60,10 @@ def sliding_window_mask(
     (or use ``right=0``) for causal local attention.
     """
     query_length, key_length = _lengths(query_length, key_length)
-    left, right = normalize_window(window)
-    query_pos = _positions(query_length, offset)[:, None]
-    key_pos = _positions(key_length)[None, :]
-    return ((key_pos >= query_pos - left) & (key_pos <= query_pos + right))[None, None]
+    rule = Masking(window=normalize_window(window))
+    return rule.in_reach(_positions(query_length, offset)[:, None], _positions(key_length))[
+        None, None
+    ]
 
 
 def padding_mask(
@@ -121,16 +121,6 @@ def combine_masks(*masks: Bool[ArrayT, ...] | None) -> Bool[Array, ...] | None:
     for mask in present[1:]:
         combined = combined & mask
     return combined
-
-
-def normalize_window(window: Window) -> tuple[int, int]:
-    """``int`` → symmetric ``(w, w)``; a pair is checked for non-negative ints."""
-    pair = window if isinstance(window, tuple | list) else (window, window)
-    if len(pair) != 2:
-        raise ValueError(
-            f"local_window_size must be a non-negative int or a (left, right) pair, got {window!r}"
-        )
-    return tuple(as_int("local_window_size", w, minimum=0) for w in pair)
 
 
 def _lengths(query_length, key_length) -> tuple[int, int]:
