@@ -75,10 +75,17 @@ def _check_positive(**sizes) -> None:
 
 
 class MultiHeadAttention(nnx.Module):
-    """Multi-head (grouped-query) self-attention.
+    """Multi-head (grouped-query) self- or cross-attention.
+
+    Self-attention reads queries, keys and values from ``x``. Cross-attention (pass
+    ``context=`` when calling) reads queries from ``x`` [B, T, D] and keys and values from a
+    ``context`` [B, S, C] of its own length S (an encoder's output), as Flax's and Equinox's
+    modules do with separate query and key/value inputs.
 
     Args:
       model_dim: D, width of the residual stream.
+      context_dim: C, width of the context that keys and values are read from in
+        cross-attention (default D).
       num_heads: N query heads.
       num_kv_heads: K key/value heads (default N); must divide N.
       head_dim: H, query/key width per head (default D // N, then N must divide D).
@@ -96,6 +103,7 @@ class MultiHeadAttention(nnx.Module):
         model_dim: int,
         num_heads: int,
         *,
+        context_dim: int | None = None,
         num_kv_heads: int | None = None,
         head_dim: int | None = None,
         value_dim: int | None = None,
@@ -111,7 +119,11 @@ class MultiHeadAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        _check_positive(model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads)
+        context_dim = model_dim if context_dim is None else context_dim
+        _check_positive(
+            model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            context_dim=context_dim,
+        )  # fmt: skip
         if head_dim is None:
             if model_dim % num_heads:
                 raise ValueError(
@@ -134,6 +146,7 @@ class MultiHeadAttention(nnx.Module):
                 f"implementation={implementation!r} is unknown; choose one of {F.IMPLEMENTATIONS}"
             )
         self.model_dim, self.num_heads, self.num_kv_heads = model_dim, num_heads, num_kv_heads
+        self.context_dim = context_dim
         self.head_dim, self.value_dim = head_dim, value_dim
         self.is_causal, self.rope, self.rope_base = is_causal, rope, rope_base
         self.implementation, self.dtype = implementation, dtype
@@ -146,10 +159,10 @@ class MultiHeadAttention(nnx.Module):
         def bias(shape):
             return nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else None
 
-        d, n, k = model_dim, num_heads, num_kv_heads
+        d, c, n, k = model_dim, context_dim, num_heads, num_kv_heads
         self.query = param((d, n, head_dim))
-        self.key = param((d, k, head_dim))
-        self.value_down = param((d, k, value_dim))
+        self.key = param((c, k, head_dim))
+        self.value_down = param((c, k, value_dim))
         self.value_up = param((n, value_dim, d))
         self.query_bias = bias((n, head_dim))
         self.key_bias = bias((k, head_dim))
@@ -165,25 +178,44 @@ class MultiHeadAttention(nnx.Module):
 
     def project(self, x: Float[ArrayT, "B T D"], positions: Int[ArrayT, "#B T"]):
         """Queries [B,T,N,H], keys [B,T,K,H], values [B,T,K,R] of the input (RoPE applied)."""
-        dtype = self.dtype or x.dtype
-        x = x.astype(dtype)
-
-        def proj(einsum, weight, bias):
-            out = jnp.einsum(einsum, x, weight[...].astype(dtype))
-            return out if bias is None else out + bias[...].astype(dtype)
-
-        q = proj("BTD,DNH->BTNH", self.query, self.query_bias)
-        k = proj("BTD,DKH->BTKH", self.key, self.key_bias)
-        v = proj("BTD,DKR->BTKR", self.value_down, self.value_bias)
+        q = self._project(x, "BTD,DNH->BTNH", self.query, self.query_bias)
+        k, v = self._keys_values(x)
         if self.rope:
             q = F.apply_rope(q, positions, base=self.rope_base)
             k = F.apply_rope(k, positions, base=self.rope_base)
         return q, k, v
 
+    def encode_context(self, context: Float[ArrayT, "B S C"]) -> KVCache:
+        """Cross-attention keys [B,S,K,H] and values [B,S,K,R] of ``context``, computed once.
+
+        Pass the result as ``context=`` to every decoding step instead of the raw context, so
+        the keys and values of the encoder output are not recomputed per generated token.
+        """
+        self._check_context_input(context)
+        k, v = self._keys_values(context)
+        return KVCache(k, v, jnp.asarray(context.shape[1], jnp.int32))
+
+    def _project(self, x, einsum: str, weight, bias):
+        dtype = self.dtype or x.dtype
+        out = jnp.einsum(einsum, x.astype(dtype), weight[...].astype(dtype))
+        return out if bias is None else out + bias[...].astype(dtype)
+
+    def _keys_values(self, source):
+        k = self._project(source, "BSC,CKH->BSKH", self.key, self.key_bias)
+        v = self._project(source, "BSC,CKR->BSKR", self.value_down, self.value_bias)
+        return k, v
+
+    def _check_context_input(self, context) -> None:
+        if context.ndim != 3 or context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"context must have shape [B, S, C={self.context_dim}], got {context.shape}"
+            )
+
     def __call__(
         self,
         x: Float[ArrayT, "B T D"],
         *,
+        context: Float[ArrayT, "_B S C"] | KVCache | None = None,  # batch checked below
         mask: Bool[ArrayT, ...] | None = None,
         bias: Float[ArrayT, ...] | None = None,
         positions: Int[ArrayT, "#B T"] | None = None,
@@ -191,7 +223,14 @@ class MultiHeadAttention(nnx.Module):
         return_pattern: bool = False,
         deterministic: bool | None = None,
     ):
-        """Self-attention of ``x`` [B, T, D] → [B, T, D].
+        """Self-attention of ``x`` [B, T, D] → [B, T, D], or cross-attention to ``context``.
+
+        ``context`` [B, S, C] (or its ``encode_context`` result): queries come from ``x``,
+        keys and values from the context; every query may see every context position unless
+        ``mask`` [B|1, N|1, T|1, S] says otherwise (e.g. the context's padding). A
+        cross-attention call takes no ``cache`` (decode by passing the encoded context at each
+        step), and the layer must not be ``is_causal`` or use ``rope`` (context positions are
+        not the queries' positions).
 
         ``mask``/``bias`` broadcast to [B, N, T, S] (S = T, or the cache length S_max).
         ``positions`` [B, T] (default ``arange(T)``, after the cached prefix) feed RoPE.
@@ -209,8 +248,11 @@ class MultiHeadAttention(nnx.Module):
         if positions is None:
             positions = (jnp.arange(length) + offset)[None]
         check_positions(positions, x.shape[0], length)
-        q, k, v = self.project(x, positions)
         is_causal = self.is_causal
+        if context is not None:
+            q, k, v = self._cross_inputs(x, context, positions, cache)
+        else:
+            q, k, v = self.project(x, positions)
         if cache is not None:
             cache, k, v, mask = self._append_to_cache(cache, k, v, mask)
             is_causal = False  # folded into the cache mask
@@ -236,6 +278,33 @@ class MultiHeadAttention(nnx.Module):
             (y,) + ((cache,) if cache is not None else ()) + ((pattern,) if return_pattern else ())
         )
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _cross_inputs(self, x, context, positions, cache):
+        """Queries of ``x`` and keys/values of ``context`` (projected now, or encoded before)."""
+        if cache is not None:
+            raise ValueError(
+                "cache= and context= were both given: a cross-attention layer has no "
+                "self-attention cache; pass encode_context(context) as context= at each step"
+            )
+        if self.is_causal or self.rope:
+            raise ValueError(
+                f"context= (cross-attention) needs a layer with is_causal=False and rope=False, "
+                f"this one has is_causal={self.is_causal}, rope={self.rope}"
+            )
+        q = self._project(x, "BTD,DNH->BTNH", self.query, self.query_bias)
+        if isinstance(context, KVCache):
+            if context.key.shape[2:] != (self.num_kv_heads, self.head_dim):
+                raise ValueError(
+                    f"context holds keys {context.key.shape}; this layer needs "
+                    f"[B, S, K={self.num_kv_heads}, H={self.head_dim}] (use encode_context)"
+                )
+            k, v = context.key, context.value
+        else:
+            self._check_context_input(context)
+            k, v = self._keys_values(context)
+        if k.shape[0] != x.shape[0]:
+            raise ValueError(f"context has batch size {k.shape[0]}, x has batch size {x.shape[0]}")
+        return q, k.astype(q.dtype), v.astype(q.dtype)
 
     def _append_to_cache(self, cache: KVCache, k, v, mask):
         new_len = k.shape[1]
