@@ -14,9 +14,8 @@ import pathlib
 from absl import flags
 from ml_collections import config_flags
 
+from attnjax import paths
 from experiments.common import run
-
-DEFAULT_WORKDIR = "/tmp/attnjax/count_sweep"
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/gpt2.py", "Config file with a `model` section (the base of the grid).",
@@ -26,7 +25,9 @@ _HEADS = flags.DEFINE_list("heads", ["1", "2", "4", "8", "12", "16"], "Head coun
 _LAYERS = flags.DEFINE_list("layers", ["1", "2", "4", "8", "12"], "Layer counts.")
 _FIXED = flags.DEFINE_enum("fixed", "model_dim", ["model_dim", "head_dim"], "What stays fixed.")
 _CONVENTION = flags.DEFINE_enum("convention", "full", ["full", "3b1b"], "Counting convention.")
-_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Where the CSV and PNG go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where the CSV and PNG go (default: $ATTNJAX_RUNS/count_sweep)."
+)
 
 
 def _ints(name: str, values: list[str]) -> list[int]:
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
         convention=_CONVENTION.value,
     )
     print(sweep.format_sweep_table(rows))
-    workdir = pathlib.Path(_WORKDIR.value)
+    workdir = pathlib.Path(_WORKDIR.value or paths.runs_dir("count_sweep"))
     stem = f"count_sweep_{_FIXED.value}"
     csv_path = sweep.write_sweep_csv(rows, workdir / f"{stem}.csv")
     png_path = workdir / f"{stem}.png"

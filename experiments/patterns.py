@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from attnjax import paths
 from experiments.common import log_devices, run
 
 MOLE_SENTENCES = ["American shrew mole", "One mole of carbon dioxide", "Take a biopsy of the mole"]
@@ -25,7 +26,9 @@ _WORD = flags.DEFINE_string("word", "mole", "The word to follow through the sent
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A Hugging Face-format model directory (default: bundled MiniLM)."
 )
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/attnjax/patterns", "Where the PNGs go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where the PNGs go (default: $ATTNJAX_RUNS/patterns)."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -33,7 +36,8 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from attnjax.training.loop import prepare_workdir
 
-    workdir = prepare_workdir(_WORKDIR.value)  # before the model runs: fail fast if unwritable
+    # Before the model runs: fail fast if unwritable.
+    workdir = prepare_workdir(_WORKDIR.value or paths.runs_dir("patterns"))
     log_devices()
     from attnjax import pretrained
     from attnjax.analysis import circuit_spectra, word_in_context
@@ -42,10 +46,10 @@ def main(argv: list[str]) -> None:
     model, tokenizer = pretrained.load(_MODEL_DIR.value)
     result = word_in_context(model, tokenizer, _SENTENCES.value, _WORD.value)
     print(result.summary())
-    paths = save_word_in_context_figures(result, workdir)
+    figures = save_word_in_context_figures(result, workdir)
     spectra = workdir / "circuit_spectra.png"
     circuit_spectra_plot(circuit_spectra(model), path=spectra)
-    print(f"wrote {len(paths) + 1} PNGs to {workdir}")
+    print(f"wrote {len(figures) + 1} PNGs to {workdir}")
 
 
 if __name__ == "__main__":

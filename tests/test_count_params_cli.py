@@ -12,10 +12,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
-def run(module: str, *flags: str) -> subprocess.CompletedProcess:
+def run(module: str, *flags: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", f"experiments.{module}", *flags],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**ENV, **env}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
@@ -41,12 +41,13 @@ def test_bad_override_is_one_line_naming_the_field():
     assert result.stderr.strip() == "error: num_kv_heads=5 must divide num_heads=12"
 
 
-def test_count_sweep_writes_table_csv_and_png(tmp_path):
+def test_count_sweep_writes_table_csv_and_png_under_attnjax_runs(tmp_path):
     result = run(
         "count_sweep", "--config=configs/gpt2.py:small", "--heads=1,12", "--layers=1,12",
-        "--fixed=head_dim", f"--workdir={tmp_path}",
+        "--fixed=head_dim", ATTNJAX_RUNS=str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    tmp_path = tmp_path / "count_sweep"  # no --workdir: $ATTNJAX_RUNS/count_sweep
     with (tmp_path / "count_sweep_head_dim.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [(r["heads"], r["model_dim"]) for r in rows] == [

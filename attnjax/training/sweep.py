@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pathlib
 import time
 import traceback
@@ -24,6 +23,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from attnjax import paths
 from attnjax.functional._checks import as_int
 from attnjax.training.loop import (
     build_task,
@@ -126,10 +126,11 @@ def point_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
 
 
 def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Turn on JAX's persistent compilation cache (default ``~/.cache/attnjax/jax``)."""
+    """Turn on JAX's persistent compilation cache (default ``attnjax.paths.cache_dir("jax")``:
+    ``$ATTNJAX_CACHE/jax``, else ``~/.cache/attnjax/jax``)."""
     import jax
 
-    directory = pathlib.Path(directory or "~/.cache/attnjax/jax").expanduser().resolve()
+    directory = pathlib.Path(directory or paths.cache_dir("jax")).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -351,7 +352,7 @@ def default_workdir(config) -> pathlib.Path:
     moves the root; ``--workdir`` overrides it). The hash is of ``results_description``: the same
     sweep (its shards too, whatever their mesh) reuses its workdir, another never collides with
     it."""
-    root = pathlib.Path(os.environ.get("ATTNJAX_RUNS", "~/attnjax_runs")).expanduser()
+    root = paths.runs_dir()
     text = json.dumps(results_description(config), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return root / f"sweep_{config.task.name}_fixed_{config.sweep.fixed}_{digest}"
