@@ -78,7 +78,7 @@ def test_config_loads_locked_and_builds_its_model(path, variant):
         from attnjax.training import sweep as sweep_lib
 
         for point in sweep_lib.sweep_points(config):
-            point_model = ModelConfig.from_config(sweep_lib.point_config(config, point).model)
+            point_model = ModelConfig.from_config(sweep_lib.point_run_config(config, point).model)
             assert (point_model.num_heads, point_model.num_layers) == (point.heads, point.layers)
             _build_abstract(point_model)
 
