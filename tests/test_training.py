@@ -536,7 +536,7 @@ def test_sweep_checks_build_the_task_once(tmp_path, monkeypatch):
         (dict(heads=(1, True)), r"sweep\.heads=\[1, True\] must be"),
         (dict(layers=(1.0,)), r"sweep\.layers=\[1\.0\] must be"),
         (dict(layers=()), r"sweep\.layers=\[\] must be"),
-        (dict(head_dim=True), r"sweep\.head_dim must be an int, got True"),
+        (dict(head_dim=True), r"sweep\.head_dim must be a positive int, got True"),
     ],
 )
 def test_sweep_grid_must_be_ints(sweep, field):

@@ -16,6 +16,7 @@ from typing import Any
 
 from attnjax.accounting.flops import flops_per_token
 from attnjax.accounting.params import count_params
+from attnjax.functional._checks import as_ints
 from attnjax.models.config import ModelConfig
 from attnjax.models.grid import point_config
 
@@ -36,16 +37,6 @@ SWEEP_COLUMNS = (
 )
 
 
-def _check_sizes(name: str, values: Sequence[int]) -> list[int]:
-    values = list(values)
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be positive ints, got {value!r}")
-    return values
-
-
 def count_sweep(
     base_config: ModelConfig,
     heads: Sequence[int],
@@ -59,7 +50,7 @@ def count_sweep(
 
     Points are ``attnjax.models.point_config(base_config, heads, layers, fixed, head_dim)``.
     ``seq_len`` (default ``base_config.max_seq_len``) sets the FLOPs' context length."""
-    heads, layers = _check_sizes("heads", heads), _check_sizes("layers", layers)
+    heads, layers = as_ints("heads", heads), as_ints("layers", layers)
     seq_len = base_config.max_seq_len if seq_len is None else seq_len
     rows = []
     for num_heads in heads:

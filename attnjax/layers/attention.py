@@ -19,6 +19,13 @@ from flax import nnx
 from jaxtyping import Bool, Float, Int
 
 from attnjax import functional as F
+from attnjax.functional._checks import (
+    as_positive_float,
+    as_rate,
+    check_choice,
+    check_rope_width,
+    head_sizes,
+)
 from attnjax.functional._types import ArrayT
 from attnjax.layers._checks import check_positions, error_if
 
@@ -68,12 +75,6 @@ class KVCache(NamedTuple):
         )
 
 
-def _check_positive(**sizes) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class MultiHeadAttention(nnx.Module):
     """Multi-head (grouped-query) self-attention.
 
@@ -110,29 +111,15 @@ class MultiHeadAttention(nnx.Module):
         kernel_init: nnx.Initializer = nnx.initializers.normal(0.02),
         rngs: nnx.Rngs,
     ):
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        _check_positive(model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads)
-        if head_dim is None:
-            if model_dim % num_heads:
-                raise ValueError(
-                    f"num_heads={num_heads} must divide model_dim={model_dim} when head_dim is "
-                    "not given (head_dim = model_dim // num_heads)"
-                )
-            head_dim = model_dim // num_heads
-        value_dim = head_dim if value_dim is None else value_dim
-        _check_positive(head_dim=head_dim, value_dim=value_dim)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
-        if rope and head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={head_dim}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        if rope and not 0 < rope_base < float("inf"):
-            raise ValueError(f"rope_base must be a positive finite number, got {rope_base!r}")
-        if implementation is not None and implementation not in F.IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation={implementation!r} is unknown; choose one of {F.IMPLEMENTATIONS}"
-            )
+        num_kv_heads, head_dim, value_dim = head_sizes(
+            model_dim, num_heads, num_kv_heads, head_dim, value_dim
+        )
+        if rope:
+            check_rope_width(head_dim, setting="rope=True")
+            rope_base = as_positive_float("rope_base", rope_base)
+        dropout_rate = as_rate("dropout_rate", dropout_rate)
+        if implementation is not None:
+            check_choice("implementation", implementation, F.IMPLEMENTATIONS)
         self.model_dim, self.num_heads, self.num_kv_heads = model_dim, num_heads, num_kv_heads
         self.head_dim, self.value_dim = head_dim, value_dim
         self.is_causal, self.rope, self.rope_base = is_causal, rope, rope_base

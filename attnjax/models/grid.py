@@ -15,6 +15,7 @@ embeddings never change with the head count):
 
 from __future__ import annotations
 
+from attnjax.functional._checks import check_choice
 from attnjax.models.config import ModelConfig
 
 __all__ = ["FIXED", "point_config"]
@@ -36,8 +37,7 @@ def point_config(
     default ``base.resolved_head_dim``) is ignored at ``fixed="model_dim"``. A point that
     cannot be built (N not dividing D at fixed model width) raises ``ValueError`` naming it.
     """
-    if fixed not in FIXED:
-        raise ValueError(f"fixed={fixed!r} is unknown; choose one of {list(FIXED)}")
+    check_choice("fixed", fixed, FIXED)
     if fixed == "head_dim":
         head_dim = base.resolved_head_dim if head_dim is None else head_dim
     else:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from attnjax.functional._checks import as_int
 from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import BERT_SETTINGS
 
@@ -65,10 +66,7 @@ class _Config:
         return default
 
     def int(self, name: str, default: Any = ...) -> int:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{self.path}: {name}={value!r} must be a positive integer")
-        return value
+        return as_int(f"{self.path}: {name}", self.get(name, default), minimum=1)
 
     def activation(self, name: str, default: str) -> str:
         value = self.get(name, default)

@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from attnjax.functional._checks import as_int
+from attnjax.functional._checks import as_int, as_ints, check_choice
 from attnjax.models import FIXED, ModelConfig, point_config
 from attnjax.training.loop import (
     build_task,
@@ -93,24 +93,12 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return index, count
 
 
-def _positive_ints(name: str, values) -> list[int]:
-    values = list(values)
-    try:
-        numbers = [as_int(name, value, minimum=1) for value in values]
-    except ValueError:
-        numbers = []
-    if not numbers:
-        raise ValueError(f"{name}={values} must be a non-empty list of positive ints")
-    return numbers
-
-
 def sweep_points(config) -> list[SweepPoint]:
     """All points of ``config.sweep`` (heads × layers), in order."""
     sweep = config.sweep
-    heads = _positive_ints("sweep.heads", sweep.heads)
-    layers = _positive_ints("sweep.layers", sweep.layers)
-    if sweep.fixed not in FIXED:
-        raise ValueError(f"sweep.fixed={sweep.fixed!r} is unknown; choose one of {list(FIXED)}")
+    heads = as_ints("sweep.heads", sweep.heads)
+    layers = as_ints("sweep.layers", sweep.layers)
+    check_choice("sweep.fixed", sweep.fixed, FIXED)
     as_int("sweep.head_dim", sweep.head_dim, minimum=1)  # used at fixed head_dim only
     return [SweepPoint(h, n) for n in layers for h in heads]
 
