@@ -17,7 +17,8 @@ from attnjax.models import DecoderLM, ModelConfig
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
+SHARED = ("__init__.py", "common.py")  # pieces the config files import, not config files
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name not in SHARED)
 
 
 def _load(path: pathlib.Path, variant: str | None = None):
