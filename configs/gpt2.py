@@ -12,7 +12,8 @@ learned positions, tied embeddings, GELU (tanh). GPT-2 small counts 124,439,808 
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import common
 
 # size: (num_layers, model_dim, num_heads)
 SIZES = {
@@ -27,42 +28,19 @@ VARIANTS = ("size=medium",)  # built abstractly by tests/test_configs.py
 
 def parse_size(arg: str | None) -> str:
     """``"size=small"`` or ``"small"`` → ``"small"``; unknown sizes raise ValueError."""
-    text = (arg or "small").strip().lower()
-    if text.startswith("size="):
-        text = text[len("size=") :]
-    if text not in SIZES:
-        raise ValueError(f"size={text!r} is unknown; choose one of {list(SIZES)}")
-    return text
+    return common.parse_size(arg, SIZES, "small")
 
 
 def get_config(arg: str = "size=small") -> ml_collections.ConfigDict:
     """The GPT-2 config for ``arg`` (``size=<name>`` or just ``<name>``), locked."""
     size = parse_size(arg)
     num_layers, model_dim, num_heads = SIZES[size]
-    config = ml_collections.ConfigDict()
-    config.name = f"gpt2-{size}"
-    config.model = ml_collections.ConfigDict(
-        dict(
-            vocab_size=50257,
-            max_seq_len=1024,
-            model_dim=model_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=config_dict.placeholder(int),
-            head_dim=config_dict.placeholder(int),
-            value_dim=config_dict.placeholder(int),
-            mlp_dim=config_dict.placeholder(int),
-            attention_bias=True,
-            mlp_bias=True,
-            norm="layernorm",
-            norm_bias=True,
-            norm_position="pre",
-            final_norm=True,
-            activation="gelu_tanh",
-            position_embedding="learned",
-            tie_embeddings=True,
-        )
+    model = common.model(
+        common.GPT2_LAYOUT,
+        vocab_size=50257,
+        max_seq_len=1024,
+        model_dim=model_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
     )
-    config.count = ml_collections.ConfigDict(dict(seq_len=1024, batch_size=1))
-    config.lock()
-    return config
+    return common.counting_config(f"gpt2-{size}", model, seq_len=1024)

@@ -27,7 +27,8 @@ to choose it.
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import common
 
 # size: (num_layers, model_dim, num_heads, head_dim, paper's parameter count)
 SIZES = {
@@ -48,47 +49,24 @@ PAPER_PARAMS = {size: values[-1] for size, values in SIZES.items()}
 
 def parse_size(arg: str | None) -> str:
     """``"size=175b"``, ``"175b"``, ``"175B"`` → ``"175b"``; unknown sizes raise ValueError."""
-    text = (arg or "125m").strip().lower()
-    if text.startswith("size="):
-        text = text[len("size=") :]
-    if text not in SIZES:
-        raise ValueError(f"size={text!r} is unknown; choose one of {list(SIZES)}")
-    return text
+    return common.parse_size(arg, SIZES, "125m")
 
 
 def get_config(arg: str = "size=125m") -> ml_collections.ConfigDict:
     """The GPT-3 config for ``arg`` (``size=<name>`` or just ``<name>``), locked."""
     size = parse_size(arg)
     num_layers, model_dim, num_heads, head_dim, _ = SIZES[size]
-    config = ml_collections.ConfigDict()
-    config.name = f"gpt3-{size}"
-    config.model = ml_collections.ConfigDict(
-        dict(
-            vocab_size=50257,
-            max_seq_len=2048,
-            model_dim=model_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=config_dict.placeholder(int),
-            # Derived (D // N, 4D) where the table has D = N * H: a num_heads override keeps D
-            # and F = 4D follows D. Only 13b (N * H = 5120 != D = 5140) spells out H = 128,
-            # which a num_heads override then keeps (see the module docstring).
-            head_dim=config_dict.placeholder(int)
-            if head_dim * num_heads == model_dim
-            else head_dim,
-            value_dim=config_dict.placeholder(int),
-            mlp_dim=config_dict.placeholder(int),
-            attention_bias=True,
-            mlp_bias=True,
-            norm="layernorm",
-            norm_bias=True,
-            norm_position="pre",
-            final_norm=True,
-            activation="gelu_tanh",
-            position_embedding="learned",
-            tie_embeddings=True,
-        )
+    # Derived (D // N, 4D) where the table has D = N * H: a num_heads override keeps D and
+    # F = 4D follows D. Only 13b (N * H = 5120 != D = 5140) spells out H = 128, which a
+    # num_heads override then keeps (see the module docstring).
+    spelled_out = {} if head_dim * num_heads == model_dim else {"head_dim": head_dim}
+    model = common.model(
+        common.GPT2_LAYOUT,
+        vocab_size=50257,
+        max_seq_len=2048,
+        model_dim=model_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        **spelled_out,
     )
-    config.count = ml_collections.ConfigDict(dict(seq_len=2048, batch_size=1))
-    config.lock()
-    return config
+    return common.counting_config(f"gpt3-{size}", model, seq_len=2048)

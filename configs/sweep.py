@@ -13,7 +13,8 @@ Run (from the repository root; the workdir it uses is printed first):
     uv run python -m experiments.sweep --merge --workdir=DIR                    # gather shards
 
 Variants: ``fixed_model_dim`` (default: width D fixed, head width D/N shrinks as heads grow),
-``fixed_head_dim`` (head width H fixed at ``sweep.head_dim``, attention grows with heads),
+``fixed_head_dim`` (head width H fixed at ``sweep.head_dim``, D kept: attention grows with heads,
+N*H need not equal D; ``attnjax.models.point_config`` builds every point),
 ``tiny`` (a seconds-long grid, for tests). Every run field of ``configs/train.py`` applies.
 """
 

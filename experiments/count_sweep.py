@@ -3,7 +3,9 @@
     uv run python -m experiments.count_sweep --config=configs/gpt2.py:small \
         --heads=1,2,4,8,12,16 --layers=1,2,4,8,12 --fixed=model_dim --workdir=/tmp/count_sweep
 
-``--fixed=model_dim`` keeps D (head width D/N), ``--fixed=head_dim`` keeps H (D = N*H).
+``--fixed=model_dim`` keeps the head width D/N, ``--fixed=head_dim`` keeps the config's head width
+H (attention width N*H grows; D, MLP and embeddings stay): ``attnjax.models.point_config``, the
+same models ``experiments.sweep`` trains.
 Prints the table and writes ``count_sweep_<fixed>.csv`` and ``.png`` to ``--workdir``.
 """
 

@@ -15,8 +15,7 @@ import configs.gpt3
 import configs.minilm
 from attnjax import accounting as acc
 from attnjax.accounting import measured as measured_lib
-from attnjax.accounting import sweep as sweep_lib
-from attnjax.models import DecoderLM, ModelConfig
+from attnjax.models import DecoderLM, ModelConfig, point_config
 
 
 def gpt3(size: str) -> ModelConfig:
@@ -276,9 +275,13 @@ def test_count_sweep_fixed_model_and_head_width(tmp_path):
     assert {r["attention"] for r in rows if r["layers"] == 4} == {4 * 4 * 48 * 48}
     assert [r["head_dim"] for r in rows[::2]] == [48, 24, 16]
     wide = acc.count_sweep(base, heads=[2, 8], layers=[3], fixed="head_dim")
-    assert [(r["model_dim"], r["head_dim"]) for r in wide] == [(24, 12), (96, 12)]
+    assert [(r["model_dim"], r["head_dim"]) for r in wide] == [(48, 12), (48, 12)]
+    # at fixed head width only attention grows: 3 layers x 4 maps of [48, N*12]
+    assert [r["attention"] for r in wide] == [3 * 4 * 48 * n * 12 for n in (2, 8)]
+    assert len({(r["mlp"], r["embedding"]) for r in wide}) == 1
+    assert [r["head_dim"] for r in acc.count_sweep(base, [8], [1], "head_dim", head_dim=5)] == [5]
     for row in rows + wide:
-        point = sweep_lib.point_config(
+        point = point_config(
             base, row["heads"], row["layers"], "head_dim" if row in wide else "model_dim"
         )
         assert row["total"] == hand_count(point)

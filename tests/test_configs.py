@@ -17,7 +17,8 @@ from attnjax.models import DecoderLM, ModelConfig
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
+SHARED = ("__init__.py", "common.py")  # pieces the config files import, not config files
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name not in SHARED)
 
 
 def _load(path: pathlib.Path, variant: str | None = None):
@@ -78,7 +79,7 @@ def test_config_loads_locked_and_builds_its_model(path, variant):
         from attnjax.training import sweep as sweep_lib
 
         for point in sweep_lib.sweep_points(config):
-            point_model = ModelConfig.from_config(sweep_lib.point_config(config, point).model)
+            point_model = ModelConfig.from_config(sweep_lib.point_run_config(config, point).model)
             assert (point_model.num_heads, point_model.num_layers) == (point.heads, point.layers)
             _build_abstract(point_model)
 

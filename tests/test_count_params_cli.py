@@ -50,9 +50,10 @@ def test_count_sweep_writes_table_csv_and_png_under_attnjax_runs(tmp_path):
     tmp_path = tmp_path / "count_sweep"  # no --workdir: $ATTNJAX_RUNS/count_sweep
     with (tmp_path / "count_sweep_head_dim.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [(r["heads"], r["model_dim"]) for r in rows] == [
-        ("1", "64"), ("1", "64"), ("12", "768"), ("12", "768"),
+    assert [(r["heads"], r["model_dim"], r["head_dim"]) for r in rows] == [
+        ("1", "768", "64"), ("1", "768", "64"), ("12", "768", "64"), ("12", "768", "64"),
     ]  # fmt: skip
+    assert rows[0]["attention"] == str(4 * 768 * 64)  # 1 layer: the four maps of one 64-wide head
     assert rows[-1]["total"] == "124439808"  # 12 heads of 64 x 12 layers is GPT-2 small
     assert (tmp_path / "count_sweep_head_dim.png").read_bytes()[:4] == b"\x89PNG"
     assert "124,439,808" in result.stdout

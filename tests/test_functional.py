@@ -377,16 +377,16 @@ def test_numpy_integer_sizes_are_ints(key):
 @pytest.mark.parametrize("window", [2.0, np.float32(2), True, (2, 1.5), (np.bool_(True), 1)])
 def test_non_integer_windows_are_rejected(key, without_jaxtyping, window):
     q, k, v = qkv(key)
-    with pytest.raises(ValueError, match="local_window_size must be an int, got"):
+    with pytest.raises(ValueError, match="local_window_size must be an int >= 0, got"):
         attnjax.dot_product_attention(q, k, v, local_window_size=window)
 
 
 def test_non_integer_sizes_are_rejected(without_jaxtyping):
-    with pytest.raises(ValueError, match=r"query_length must be an int, got 5\.0"):
+    with pytest.raises(ValueError, match=r"query_length must be a positive int, got 5\.0"):
         F.causal_mask(5.0)
     with pytest.raises(ValueError, match="key_length must be a positive int, got 0"):
         F.sliding_window_mask(3, np.int64(0), 1)
-    with pytest.raises(ValueError, match="num_heads must be an int"):
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got 8.0"):
         F.alibi_slopes(8.0)
     with pytest.raises(ValueError, match="dim must be an int"):
         F.sinusoidal_embedding(jnp.arange(3), 6.0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from attnjax.data import make_task
-from attnjax.models import ModelConfig
+from attnjax.models import ModelConfig, point_config
 from attnjax.training import sweep as sweep_lib
 from attnjax.training.checkpoint import Checkpointer, load_checkpoint
 from attnjax.training.loop import RunResult, train_and_evaluate
@@ -235,7 +235,7 @@ def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path
     config.sweep.shard = "1/2"
     config.mesh.data = 1  # another machine's mesh: the same sweep
     rows = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
-    assert calls[2:] == ["h3_l1"]
+    assert calls[2:] == []  # h3_l1 (this shard's point) fails building its model, untrained
     failed = {r["heads"]: r for r in rows}[3]
     assert failed["status"] == "failed" and "num_heads=3" in failed["reason"]
     csv_text = (tmp_path / "results.csv").read_text().splitlines()
@@ -243,7 +243,7 @@ def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path
     # rerunning the whole sweep skips everything already finished
     config.sweep.shard = "0/1"
     sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
-    assert len(calls) == 3
+    assert len(calls) == 2
     assert "failures:" in sweep_lib.format_results(rows)
     # a different sweep in the same workdir is refused
     config.train.steps = 99
@@ -259,10 +259,47 @@ def test_bad_shard_names_the_field(shard):
 
 def test_fixed_head_dim_points_keep_head_width():
     config = sweep_config.get_config("fixed_head_dim")
-    point = sweep_lib.point_config(config, sweep_lib.SweepPoint(heads=8, layers=2))
+    point = sweep_lib.point_run_config(config, sweep_lib.SweepPoint(heads=8, layers=2))
     model = ModelConfig.from_config(point.model)
     assert model.resolved_head_dim == config.sweep.head_dim and model.num_heads == 8
     assert model.model_dim == config.model.model_dim and model.num_layers == 2
+
+
+@pytest.mark.parametrize("variant", ["fixed_model_dim", "fixed_head_dim"])
+def test_count_sweep_and_train_sweep_describe_the_same_models(variant):
+    """The same grid, counted and trained: identical models at every point, and the counts of
+    the count sweep are those of the models the train sweep builds."""
+    from attnjax import accounting
+
+    config = sweep_config.get_config(variant)
+    sweep = config.sweep
+    base = ModelConfig.from_config(config.model)
+    rows = accounting.count_sweep(
+        base, sweep.heads, sweep.layers, sweep.fixed, head_dim=sweep.head_dim
+    )
+    counted = {(r["heads"], r["layers"]): r for r in rows}
+    for point in sweep_lib.sweep_points(config):
+        trained = ModelConfig.from_config(sweep_lib.point_run_config(config, point).model)
+        row = counted[(point.heads, point.layers)]
+        assert (trained.num_heads, trained.num_layers) == (point.heads, point.layers)
+        assert trained == point_config(base, point.heads, point.layers, sweep.fixed, sweep.head_dim)
+        report = accounting.count_params(trained)
+        head_dim = 16 if sweep.fixed == "head_dim" else 64 // point.heads
+        assert (row["model_dim"], row["head_dim"]) == (64, head_dim)
+        assert (row["total"], row["attention"]) == (report.total, report.attention)
+        # written out by hand: D = 64 always; 4 maps of [64, N*H] per layer
+        attention_width = point.heads * row["head_dim"]
+        assert row["attention"] == point.layers * 4 * 64 * attention_width
+
+
+def test_default_sweep_points_change_only_heads_and_layers():
+    """The README's sweep table was trained with run configs that differ from the base only in
+    num_heads and num_layers; the shared point rule must keep them so."""
+    config = sweep_config.get_config()
+    for point in sweep_lib.sweep_points(config):
+        model = sweep_lib.point_run_config(config, point).model.to_dict()
+        expected = {**config.model.to_dict(), "num_heads": point.heads, "num_layers": point.layers}
+        assert model == expected
 
 
 def test_masked_metrics_with_nothing_masked_are_zero_and_say_so(key):
@@ -499,7 +536,7 @@ def test_sweep_checks_build_the_task_once(tmp_path, monkeypatch):
         (dict(heads=(1, True)), r"sweep\.heads=\[1, True\] must be"),
         (dict(layers=(1.0,)), r"sweep\.layers=\[1\.0\] must be"),
         (dict(layers=()), r"sweep\.layers=\[\] must be"),
-        (dict(head_dim=True), r"sweep\.head_dim must be an int, got True"),
+        (dict(head_dim=True), r"sweep\.head_dim must be a positive int, got True"),
     ],
 )
 def test_sweep_grid_must_be_ints(sweep, field):

@@ -25,6 +25,7 @@ activations and the weights, each a matmul as large as the forward one (Kaplan e
 
 from __future__ import annotations
 
+from attnjax.functional._checks import as_int
 from attnjax.models.config import ModelConfig
 
 __all__ = [
@@ -38,11 +39,6 @@ __all__ = [
 ]
 
 TRAINING_MULTIPLIER = 3
-
-
-def _check_length(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def matmul_flops_per_token(config: ModelConfig) -> int:
@@ -75,7 +71,7 @@ def flops_per_sequence(config: ModelConfig, seq_len: int, causal: bool | None = 
 
     ``causal=None`` uses ``config.is_causal`` (decoder: each query sees ``t+1`` keys; encoder:
     all ``seq_len``)."""
-    _check_length("seq_len", seq_len)
+    seq_len = as_int("seq_len", seq_len, minimum=1)
     t = seq_len
     pairs = t * (t + 1) // 2 if _resolve_causal(config, causal) else t * t
     n, h, r = config.num_heads, config.resolved_head_dim, config.resolved_value_dim
@@ -113,5 +109,5 @@ def decode_flops_per_token(config: ModelConfig, context_len: int) -> int:
             f"decode_flops_per_token needs a decoder; architecture={config.architecture!r} "
             "has no KV-cache decoding"
         )
-    _check_length("context_len", context_len)
+    context_len = as_int("context_len", context_len, minimum=1)
     return matmul_flops_per_token(config) + int(attention_grid_flops_per_token(config, context_len))

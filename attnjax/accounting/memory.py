@@ -8,6 +8,7 @@ which is why long contexts need blocked (flash-style) attention that never mater
 from __future__ import annotations
 
 from attnjax.accounting.params import count_params
+from attnjax.functional._checks import as_int
 from attnjax.models.config import ModelConfig
 
 __all__ = [
@@ -19,11 +20,6 @@ __all__ = [
 ]
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _bytes_per_element(dtype: str) -> int:
@@ -42,8 +38,8 @@ def attention_grid_bytes(
     config: ModelConfig, batch_size: int, seq_len: int, dtype: str = "float32"
 ) -> int:
     """Bytes of one layer's attention grid [B, N, T, S] (T = S = ``seq_len``) in ``dtype``."""
-    _check_positive("batch_size", batch_size)
-    _check_positive("seq_len", seq_len)
+    batch_size = as_int("batch_size", batch_size, minimum=1)
+    seq_len = as_int("seq_len", seq_len, minimum=1)
     return batch_size * config.num_heads * seq_len * seq_len * _bytes_per_element(dtype)
 
 
@@ -52,8 +48,8 @@ def kv_cache_bytes(
 ) -> int:
     """Bytes of the KV cache for ``seq_len`` positions: keys [B,S,K,H] and values [B,S,K,R]
     in every layer."""
-    _check_positive("batch_size", batch_size)
-    _check_positive("seq_len", seq_len)
+    batch_size = as_int("batch_size", batch_size, minimum=1)
+    seq_len = as_int("seq_len", seq_len, minimum=1)
     per_position = config.resolved_num_kv_heads * (
         config.resolved_head_dim + config.resolved_value_dim
     )

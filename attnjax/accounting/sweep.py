@@ -1,9 +1,10 @@
 """Count-only sweep: parameters and FLOPs over a grid of head counts x layer counts.
 
-Two ways to add heads: at fixed model width (``fixed="model_dim"``: H = D/N shrinks, the
-attention weights per layer stay 4*D^2) or at fixed head width (``fixed="head_dim"``:
-D = N*H grows, and with it the MLP and embeddings). Nothing is built; each point is a
-``ModelConfig`` counted analytically.
+Each point is ``attnjax.models.point_config`` (the same models the train sweep trains):
+at ``fixed="model_dim"`` the head width D/N shrinks and the attention weights per layer stay
+4·D²; at ``fixed="head_dim"`` the head width stays and attention grows with the head count
+(model width, MLP and embeddings unchanged). Nothing is built; each point is counted
+analytically.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from attnjax.accounting.flops import flops_per_token
 from attnjax.accounting.params import count_params
+from attnjax.functional._checks import as_ints
 from attnjax.models.config import ModelConfig
+from attnjax.models.grid import point_config
 
-__all__ = ["SWEEP_COLUMNS", "count_sweep", "format_sweep_table", "point_config", "write_sweep_csv"]
+__all__ = ["SWEEP_COLUMNS", "count_sweep", "format_sweep_table", "write_sweep_csv"]
 
-FIXED = ("model_dim", "head_dim")
 SWEEP_COLUMNS = (
     "heads",
     "layers",
@@ -35,40 +37,6 @@ SWEEP_COLUMNS = (
 )
 
 
-def _check_sizes(name: str, values: Sequence[int]) -> list[int]:
-    values = list(values)
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be positive ints, got {value!r}")
-    return values
-
-
-def point_config(base: ModelConfig, heads: int, layers: int, fixed: str) -> ModelConfig:
-    """``base`` with ``heads`` heads and ``layers`` layers, holding ``fixed`` constant.
-
-    Head counts are query heads; key/value heads follow them (``num_kv_heads=None``)."""
-    if fixed == "model_dim":
-        if base.model_dim % heads:
-            raise ValueError(
-                f"heads={heads} must divide model_dim={base.model_dim} with fixed='model_dim' "
-                "(head width is model_dim / heads)"
-            )
-        return base.replace(num_heads=heads, num_layers=layers, num_kv_heads=None, head_dim=None)
-    if fixed == "head_dim":
-        head_dim = base.resolved_head_dim
-        return base.replace(
-            num_heads=heads,
-            num_layers=layers,
-            num_kv_heads=None,
-            head_dim=None,
-            model_dim=heads * head_dim,
-            mlp_dim=None if base.mlp_dim is None else base.mlp_dim * heads // base.num_heads,
-        )
-    raise ValueError(f"fixed={fixed!r} is unknown; choose one of {list(FIXED)}")
-
-
 def count_sweep(
     base_config: ModelConfig,
     heads: Sequence[int],
@@ -76,18 +44,18 @@ def count_sweep(
     fixed: str = "model_dim",
     seq_len: int | None = None,
     convention: str = "full",
+    head_dim: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (heads, layers): the columns of ``SWEEP_COLUMNS`` (ints, FLOPs a float).
 
+    Points are ``attnjax.models.point_config(base_config, heads, layers, fixed, head_dim)``.
     ``seq_len`` (default ``base_config.max_seq_len``) sets the FLOPs' context length."""
-    heads, layers = _check_sizes("heads", heads), _check_sizes("layers", layers)
-    if fixed not in FIXED:
-        raise ValueError(f"fixed={fixed!r} is unknown; choose one of {list(FIXED)}")
+    heads, layers = as_ints("heads", heads), as_ints("layers", layers)
     seq_len = base_config.max_seq_len if seq_len is None else seq_len
     rows = []
     for num_heads in heads:
         for num_layers in layers:
-            config = point_config(base_config, num_heads, num_layers, fixed)
+            config = point_config(base_config, num_heads, num_layers, fixed, head_dim)
             report = count_params(config, convention)
             rows.append(
                 {

@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from attnjax.functional._checks import as_int
+
 __all__ = [
     "TASKS",
     "AssociativeRecall",
@@ -58,8 +60,7 @@ def _rng(seed: int, step: int) -> np.random.Generator:
 
 def _check_positive(**fields: Any) -> None:
     for name, value in fields.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"task.{name} must be a positive int, got {value!r}")
+        as_int(f"task.{name}", value, minimum=1)
 
 
 def _to_batch(sequences: np.ndarray, answer: np.ndarray, seq_len: int) -> Batch:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attnjax.functional._checks import as_int
+from attnjax.functional._checks import as_int, as_rate, check_kv_heads
 from attnjax.functional.masking import Masking
 
 __all__ = ["Call", "Result"]
@@ -104,8 +104,7 @@ def make_call(
     unbatched = jnp.ndim(query) == 3
     query, key, value = (_batched(x, name) for x, name in _named(query, key, value))
     _check_shapes(query, key, value)
-    if not 0.0 <= float(dropout_rate) < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    dropout_rate = as_rate("dropout_rate", dropout_rate)
     if dropout_rate > 0 and dropout_rng is None:
         raise ValueError("dropout_rate > 0 needs dropout_rng (a jax.random key)")
     shape = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
@@ -179,9 +178,6 @@ def _check_shapes(query, key, value) -> None:
             "key and value must agree on length S and heads K: "
             f"key {key.shape}, value {value.shape}"
         )
-    num_kv_heads = key.shape[2]
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"num_kv_heads={num_kv_heads} (key {key.shape}) must divide "
-            f"num_heads={num_heads} (query {query.shape})"
-        )
+    check_kv_heads(
+        key.shape[2], num_heads, key=f" (key {key.shape})", query=f" (query {query.shape})"
+    )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Float, Int, Shaped
 
 from attnjax.functional import sharded
+from attnjax.functional._checks import check_choice
 from attnjax.functional._types import ArrayT, Scalar
 from attnjax.functional.backends import IMPLEMENTATIONS, REGISTRY, Backend
 from attnjax.functional.call import Call, Result, make_call
@@ -206,11 +207,8 @@ def _jitted(name: str):
 
 
 def _checked(implementation: str, call: Call) -> Backend:
-    backend = REGISTRY.get(implementation)
-    if backend is None:
-        raise ValueError(
-            f"implementation={implementation!r} is unknown; choose one of {IMPLEMENTATIONS}"
-        )
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    backend = REGISTRY[implementation]
     unsupported = backend.why_unsupported(call)
     if unsupported:
         raise ValueError(

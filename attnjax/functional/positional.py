@@ -7,7 +7,7 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Float, Int
 
-from attnjax.functional._checks import as_int
+from attnjax.functional._checks import as_int, check_rope_width
 from attnjax.functional._types import ArrayT, IntLike
 
 __all__ = ["alibi_bias", "alibi_slopes", "apply_rope", "sinusoidal_embedding"]
@@ -41,8 +41,7 @@ def apply_rope(
     ``q(m)·k(n)`` depends on positions only through ``m - n``. Apply to queries and keys.
     """
     width = x.shape[-1]
-    if width % 2:
-        raise ValueError(f"RoPE needs an even head width, got H={width} (x shape {x.shape})")
+    check_rope_width(width, f"head width H (x shape {x.shape})")
     half = width // 2
     inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
     angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # [..., T, H/2]

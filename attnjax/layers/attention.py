@@ -19,6 +19,14 @@ from flax import nnx
 from jaxtyping import Bool, Float, Int
 
 from attnjax import functional as F
+from attnjax.functional._checks import (
+    as_int,
+    as_positive_float,
+    as_rate,
+    check_choice,
+    check_rope_width,
+    head_sizes,
+)
 from attnjax.functional._types import ArrayT
 from attnjax.layers._checks import check_positions, error_if
 
@@ -68,12 +76,6 @@ class KVCache(NamedTuple):
         )
 
 
-def _check_positive(**sizes) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class MultiHeadAttention(nnx.Module):
     """Multi-head (grouped-query) self- or cross-attention.
 
@@ -118,33 +120,17 @@ class MultiHeadAttention(nnx.Module):
         kernel_init: nnx.Initializer = nnx.initializers.normal(0.02),
         rngs: nnx.Rngs,
     ):
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         context_dim = model_dim if context_dim is None else context_dim
-        _check_positive(
-            model_dim=model_dim, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            context_dim=context_dim,
-        )  # fmt: skip
-        if head_dim is None:
-            if model_dim % num_heads:
-                raise ValueError(
-                    f"num_heads={num_heads} must divide model_dim={model_dim} when head_dim is "
-                    "not given (head_dim = model_dim // num_heads)"
-                )
-            head_dim = model_dim // num_heads
-        value_dim = head_dim if value_dim is None else value_dim
-        _check_positive(head_dim=head_dim, value_dim=value_dim)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
-        if rope and head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={head_dim}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        if rope and not 0 < rope_base < float("inf"):
-            raise ValueError(f"rope_base must be a positive finite number, got {rope_base!r}")
-        if implementation is not None and implementation not in F.IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation={implementation!r} is unknown; choose one of {F.IMPLEMENTATIONS}"
-            )
+        context_dim = as_int("context_dim", context_dim, minimum=1)
+        num_kv_heads, head_dim, value_dim = head_sizes(
+            model_dim, num_heads, num_kv_heads, head_dim, value_dim
+        )
+        if rope:
+            check_rope_width(head_dim, setting="rope=True")
+            rope_base = as_positive_float("rope_base", rope_base)
+        dropout_rate = as_rate("dropout_rate", dropout_rate)
+        if implementation is not None:
+            check_choice("implementation", implementation, F.IMPLEMENTATIONS)
         self.model_dim, self.num_heads, self.num_kv_heads = model_dim, num_heads, num_kv_heads
         self.context_dim = context_dim
         self.head_dim, self.value_dim = head_dim, value_dim

@@ -2,6 +2,7 @@
 
 from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import Encoder, bert_config
+from attnjax.models.grid import FIXED, point_config
 from attnjax.models.transformer import (
     DecoderLM,
     Embeddings,
@@ -11,6 +12,7 @@ from attnjax.models.transformer import (
 )
 
 __all__ = [
+    "FIXED",
     "DecoderLM",
     "Embeddings",
     "Encoder",
@@ -18,5 +20,6 @@ __all__ = [
     "TransformerBlock",
     "bert_config",
     "greedy_generate",
+    "point_config",
     "stack_patterns",
 ]

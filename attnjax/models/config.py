@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 
 from attnjax.functional import IMPLEMENTATIONS
+from attnjax.functional._checks import (
+    as_bool,
+    as_int,
+    as_positive_float,
+    as_rate,
+    check_choice,
+    check_rope_width,
+    head_sizes,
+)
 from attnjax.layers.mlp import ACTIVATIONS, NORMS
 
 __all__ = ["ModelConfig"]
@@ -27,6 +35,16 @@ FLAGS = (
     "embedding_norm",
     "tie_embeddings",
 )
+
+_CHOICES = {
+    "architecture": ARCHITECTURES,
+    "norm": NORMS,
+    "norm_position": NORM_POSITIONS,
+    "activation": tuple(ACTIVATIONS),
+    "position_embedding": POSITION_EMBEDDINGS,
+    "dtype": DTYPES,
+    "param_dtype": DTYPES,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,51 +91,34 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_seq_len", "model_dim", "num_layers", "num_heads"):
-            _require_positive(name, getattr(self, name))
-        for name in ("num_kv_heads", "head_dim", "value_dim", "mlp_dim"):
-            if getattr(self, name) is not None:
-                _require_positive(name, getattr(self, name))
-        if self.head_dim is None and self.model_dim % self.num_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must divide model_dim={self.model_dim} "
-                "(head_dim is derived as model_dim // num_heads; set head_dim to decouple them)"
-            )
-        if self.num_heads % self.resolved_num_kv_heads:
-            raise ValueError(
-                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"
-            )
-        _require_choice("architecture", self.architecture, ARCHITECTURES)
-        _require_choice("norm", self.norm, NORMS)
-        _require_choice("norm_position", self.norm_position, NORM_POSITIONS)
-        _require_choice("activation", self.activation, tuple(ACTIVATIONS))
-        _require_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
-        _require_choice("dtype", self.dtype, DTYPES)
-        _require_choice("param_dtype", self.param_dtype, DTYPES)
-        if self.position_embedding == "rope" and self.resolved_head_dim % 2:
-            raise ValueError(
-                f"position_embedding='rope' needs an even head_dim, got {self.resolved_head_dim}"
-            )
+        for name in ("vocab_size", "max_seq_len", "num_layers"):
+            self._set(name, as_int(name, getattr(self, name), minimum=1))
+        self._set("type_vocab_size", as_int("type_vocab_size", self.type_vocab_size, minimum=0))
+        if self.mlp_dim is not None:
+            self._set("mlp_dim", as_int("mlp_dim", self.mlp_dim, minimum=1))
+        head_sizes(self.model_dim, self.num_heads, self.num_kv_heads, self.head_dim, self.value_dim)
+        for name in ("model_dim", "num_heads", "num_kv_heads", "head_dim", "value_dim"):
+            if getattr(self, name) is not None:  # checked above; stored as Python ints
+                self._set(name, as_int(name, getattr(self, name)))
+        for name, choices in _CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        if self.position_embedding == "rope":
+            check_rope_width(self.resolved_head_dim, setting="position_embedding='rope'")
         if self.position_embedding == "sinusoidal" and self.model_dim % 2:
             raise ValueError(
                 f"position_embedding='sinusoidal' needs an even model_dim, got {self.model_dim}"
             )
         if self.attention_implementation is not None:
-            _require_choice(
-                "attention_implementation", self.attention_implementation, IMPLEMENTATIONS
-            )
+            check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
         for name in FLAGS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if _not_int(self.type_vocab_size) or self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size must be an int >= 0, got {self.type_vocab_size!r}")
+            as_bool(name, getattr(self, name))
         for name in ("dropout_rate", "attention_dropout_rate"):
-            if _not_real(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+            as_rate(name, getattr(self, name))
         for name in ("norm_eps", "rope_base"):
-            value = getattr(self, name)
-            if _not_real(value) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            as_positive_float(name, getattr(self, name))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: normalise a checked field in place
 
     # ---- derived sizes -----------------------------------------------------------------------
 
@@ -182,21 +183,3 @@ def _check_field_names(values: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(name, _FIELDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"ModelConfig has no field {name!r}{hint}")
-
-
-def _not_int(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
-
-
-def _not_real(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int | float)
-
-
-def _require_positive(name: str, value: Any) -> None:
-    if _not_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown; choose one of {list(choices)}")

@@ -13,12 +13,14 @@ already [in, out]. Per-head tensors are the columns ``h*H:(h+1)*H`` of a project
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from attnjax.functional._checks import as_int
 from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import BERT_SETTINGS
 
@@ -65,10 +67,7 @@ class _Config:
         return default
 
     def int(self, name: str, default: Any = ...) -> int:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{self.path}: {name}={value!r} must be a positive integer")
-        return value
+        return as_int(f"{self.path}: {name}", self.get(name, default), minimum=1)
 
     def activation(self, name: str, default: str) -> str:
         value = self.get(name, default)
@@ -191,131 +190,156 @@ def _layernorm(get: _Tensors, name: str, dim: int) -> Params:
     return {"scale": scale, "bias": bias}
 
 
-def _bert_weights(get: _Tensors, config: ModelConfig) -> Params:
-    d, n, h, f = (
-        config.model_dim,
-        config.num_heads,
-        config.resolved_head_dim,
-        config.resolved_mlp_dim,
-    )
+def _linear(get: _Tensors, name: str, n_in: int, n_out: int, out_in: bool) -> Params:
+    """``{"kernel": [in, out], "bias": [out]}`` of a dense layer stored [out, in] (PyTorch
+    ``Linear``, ``out_in``) or [in, out] (GPT-2's ``Conv1D``)."""
+    if out_in:
+        kernel = get(f"{name}.weight", (n_out, n_in)).T
+    else:
+        kernel = get(f"{name}.weight", (n_in, n_out))
+    return {"kernel": kernel, "bias": get(f"{name}.bias", (n_out,))}
 
-    def linear_in_heads(name: str) -> tuple[np.ndarray, np.ndarray]:  # [out, in] → [D, N, H]
-        weight = get(f"{name}.weight", (n * h, d))
-        return weight.T.reshape(d, n, h), get(f"{name}.bias", (n * h,)).reshape(n, h)
 
-    def block(i: int) -> Params:
-        p = f"encoder.layer.{i}."
-        query, query_bias = linear_in_heads(p + "attention.self.query")
-        key, key_bias = linear_in_heads(p + "attention.self.key")
-        value, value_bias = linear_in_heads(p + "attention.self.value")
-        output = get(p + "attention.output.dense.weight", (d, n * h))
-        return {
-            "attention": {
-                "query": query,
-                "key": key,
-                "value_down": value,
-                "value_up": output.T.reshape(n, h, d),
-                "query_bias": query_bias,
-                "key_bias": key_bias,
-                "value_bias": value_bias,
-                "output_bias": get(p + "attention.output.dense.bias", (d,)),
-            },
-            "attention_norm": _layernorm(get, p + "attention.output.LayerNorm", d),
-            "mlp": {
-                "up": {
-                    "kernel": get(p + "intermediate.dense.weight", (f, d)).T,
-                    "bias": get(p + "intermediate.dense.bias", (f,)),
-                },
-                "down": {
-                    "kernel": get(p + "output.dense.weight", (d, f)).T,
-                    "bias": get(p + "output.dense.bias", (d,)),
-                },
-            },
-            "mlp_norm": _layernorm(get, p + "output.LayerNorm", d),
-        }
+def _bert_projections(get: _Tensors, block: str, d: int, width: int) -> dict[str, Params]:
+    """Query, key, value and output projections of a block, each a dense layer of its own."""
+    names = {
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+    }
+    projections = {k: _linear(get, block + n, d, width, out_in=True) for k, n in names.items()}
+    projections["output"] = _linear(get, block + "attention.output.dense", width, d, True)
+    return projections
 
-    e = "embeddings."
+
+def _gpt2_projections(get: _Tensors, block: str, d: int, width: int) -> dict[str, Params]:
+    """GPT-2 fuses query, key and value into ``c_attn``: its output columns are [q | k | v]."""
+    qkv = _linear(get, block + "attn.c_attn", d, 3 * width, out_in=False)
+    kernels = np.split(qkv["kernel"], 3, axis=1)
+    biases = np.split(qkv["bias"], 3)
+    projections = {
+        name: {"kernel": kernel, "bias": bias}
+        for name, kernel, bias in zip(("query", "key", "value"), kernels, biases, strict=True)
+    }
+    projections["output"] = _linear(get, block + "attn.c_proj", width, d, out_in=False)
+    return projections
+
+
+def _attention(projections: dict[str, Params], num_heads: int, head_dim: int) -> Params:
+    """Per-head attention leaves from [D, N*H] projections: the columns ``n*H:(n+1)*H`` are
+    head ``n``; the output projection's rows [N*H, D] are the heads' value-ups."""
+    n, h = num_heads, head_dim
+    query, key, value, output = (projections[k] for k in ("query", "key", "value", "output"))
+    d = query["kernel"].shape[0]
     return {
-        "embeddings": {
-            "token": {"embedding": get(e + "word_embeddings.weight", (config.vocab_size, d))},
-            "position": {
-                "embedding": get(e + "position_embeddings.weight", (config.max_seq_len, d))
-            },
-            "token_type": {
-                "embedding": get(e + "token_type_embeddings.weight", (config.type_vocab_size, d))
-            },
-            "norm": _layernorm(get, e + "LayerNorm", d),
-        },
-        "blocks": {i: block(i) for i in range(config.num_layers)},
+        "query": query["kernel"].reshape(d, n, h),
+        "key": key["kernel"].reshape(d, n, h),
+        "value_down": value["kernel"].reshape(d, n, h),
+        "value_up": output["kernel"].reshape(n, h, d),
+        "query_bias": query["bias"].reshape(n, h),
+        "key_bias": key["bias"].reshape(n, h),
+        "value_bias": value["bias"].reshape(n, h),
+        "output_bias": output["bias"],
     }
 
 
-def _gpt2_weights(get: _Tensors, config: ModelConfig) -> Params:
-    d, n, h, f = (
-        config.model_dim,
-        config.num_heads,
-        config.resolved_head_dim,
-        config.resolved_mlp_dim,
-    )
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where one checkpoint family keeps each piece of attnjax's parameter tree (tensor names
+    under the key prefix; ``block`` is formatted with the layer index)."""
+
+    marker: str  # a tensor whose name reveals the key prefix
+    projections: Callable[[_Tensors, str, int, int], dict[str, Params]]
+    out_in: bool  # MLP weights stored [out, in]
+    block: str
+    attention_norm: str
+    mlp_up: str
+    mlp_down: str
+    mlp_norm: str
+    token: str
+    position: str
+    token_type: str = ""
+    embedding_norm: str = ""
+    final_norm: str = ""
+    unembed: str = ""  # outside the key prefix (GPT2LMHeadModel's lm_head), [V, D]
+
+
+_LAYOUTS = {
+    "bert": _Layout(
+        marker="embeddings.word_embeddings.weight",
+        projections=_bert_projections,
+        out_in=True,
+        block="encoder.layer.{}.",
+        attention_norm="attention.output.LayerNorm",
+        mlp_up="intermediate.dense",
+        mlp_down="output.dense",
+        mlp_norm="output.LayerNorm",
+        token="embeddings.word_embeddings.weight",
+        position="embeddings.position_embeddings.weight",
+        token_type="embeddings.token_type_embeddings.weight",
+        embedding_norm="embeddings.LayerNorm",
+    ),
+    "gpt2": _Layout(
+        marker="wte.weight",
+        projections=_gpt2_projections,
+        out_in=False,
+        block="h.{}.",
+        attention_norm="ln_1",
+        mlp_up="mlp.c_fc",
+        mlp_down="mlp.c_proj",
+        mlp_norm="ln_2",
+        token="wte.weight",
+        position="wpe.weight",
+        final_norm="ln_f",
+        unembed="lm_head.weight",
+    ),
+}
+
+
+def _tree(get: _Tensors, config: ModelConfig, layout: _Layout) -> Params:
+    """The one target tree: attnjax's parameters for ``config`` (the pieces its modules have),
+    each read from where ``layout`` says."""
+    d, f, vocab = config.model_dim, config.resolved_mlp_dim, config.vocab_size
+    n, h = config.num_heads, config.resolved_head_dim
 
     def block(i: int) -> Params:
-        p = f"h.{i}."
-        # Conv1D weights are [in, out]; c_attn's output columns are [query | key | value].
-        qkv = get(p + "attn.c_attn.weight", (d, 3 * d))
-        qkv_bias = get(p + "attn.c_attn.bias", (3 * d,))
-        query, key, value = (w.reshape(d, n, h) for w in np.split(qkv, 3, axis=1))
-        query_bias, key_bias, value_bias = (b.reshape(n, h) for b in np.split(qkv_bias, 3))
+        p = layout.block.format(i)
         return {
-            "attention": {
-                "query": query,
-                "key": key,
-                "value_down": value,
-                "value_up": get(p + "attn.c_proj.weight", (d, d)).reshape(n, h, d),
-                "query_bias": query_bias,
-                "key_bias": key_bias,
-                "value_bias": value_bias,
-                "output_bias": get(p + "attn.c_proj.bias", (d,)),
-            },
-            "attention_norm": _layernorm(get, p + "ln_1", d),
+            "attention": _attention(layout.projections(get, p, d, n * h), n, h),
+            "attention_norm": _layernorm(get, p + layout.attention_norm, d),
             "mlp": {
-                "up": {
-                    "kernel": get(p + "mlp.c_fc.weight", (d, f)),
-                    "bias": get(p + "mlp.c_fc.bias", (f,)),
-                },
-                "down": {
-                    "kernel": get(p + "mlp.c_proj.weight", (f, d)),
-                    "bias": get(p + "mlp.c_proj.bias", (d,)),
-                },
+                "up": _linear(get, p + layout.mlp_up, d, f, layout.out_in),
+                "down": _linear(get, p + layout.mlp_down, f, d, layout.out_in),
             },
-            "mlp_norm": _layernorm(get, p + "ln_2", d),
+            "mlp_norm": _layernorm(get, p + layout.mlp_norm, d),
         }
 
-    params: Params = {
-        "embeddings": {
-            "token": {"embedding": get("wte.weight", (config.vocab_size, d))},
-            "position": {"embedding": get("wpe.weight", (config.max_seq_len, d))},
-        },
-        "blocks": {i: block(i) for i in range(config.num_layers)},
-        "final_norm": _layernorm(get, "ln_f", d),
+    embeddings = {
+        "token": {"embedding": get(layout.token, (vocab, d))},
+        "position": {"embedding": get(layout.position, (config.max_seq_len, d))},
     }
+    if config.type_vocab_size:
+        shape = (config.type_vocab_size, d)
+        embeddings["token_type"] = {"embedding": get(layout.token_type, shape)}
+    if config.embedding_norm:
+        embeddings["norm"] = _layernorm(get, layout.embedding_norm, d)
+    params: Params = {
+        "embeddings": embeddings,
+        "blocks": {i: block(i) for i in range(config.num_layers)},
+    }
+    if config.final_norm:
+        params["final_norm"] = _layernorm(get, layout.final_norm, d)
     if not config.tie_embeddings:
-        # lm_head sits outside the "transformer." prefix in GPT2LMHeadModel files.
-        head = _Tensors(get.tensors, get.path, "lm_head.weight")
-        params["unembed"] = {"kernel": head("lm_head.weight", (config.vocab_size, d)).T}
+        head = _Tensors(get.tensors, get.path, layout.unembed)
+        params["unembed"] = {"kernel": head(layout.unembed, (vocab, d)).T}
     return params
-
-
-_WEIGHTS = {
-    "bert": ("embeddings.word_embeddings.weight", _bert_weights),
-    "gpt2": ("wte.weight", _gpt2_weights),
-}
 
 
 def convert_weights(
     model_type: str, tensors: Mapping[str, np.ndarray], config: ModelConfig, path: pathlib.Path
 ) -> Params:
     """The attnjax parameter tree (nested dict, float32) of a checkpoint's ``tensors``."""
-    if model_type not in _WEIGHTS:
+    if model_type not in _LAYOUTS:
         raise ValueError(f"model_type={model_type!r} is not supported: {SUPPORTED_MODEL_TYPES}")
-    marker, convert = _WEIGHTS[model_type]
-    return convert(_Tensors(tensors, path, marker), config)
+    layout = _LAYOUTS[model_type]
+    return _tree(_Tensors(tensors, path, layout.marker), config, layout)

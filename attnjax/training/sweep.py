@@ -4,7 +4,9 @@ Each point ``h{heads}_l{layers}`` trains in its own sub-workdir with
 ``train_and_evaluate`` and leaves a ``row.json`` there (status ``ok``, ``failed``, ``nan`` or
 ``oom`` with a one-line reason), so a re-run skips finished points and shards of one sweep run on
 different machines merge by gathering their sub-workdirs: ``results.csv`` is always written from
-every ``row.json`` found. Grid points have different shapes, so each compiles once; JAX's
+every ``row.json`` found. Each point's model is ``attnjax.models.point_config`` of the run
+config's model (the same rule the count sweep uses; see ``attnjax.models.grid`` for what
+``sweep.fixed`` holds constant). Grid points have different shapes, so each compiles once; JAX's
 persistent compilation cache (``enable_compilation_cache``) makes re-runs and shards start fast.
 """
 
@@ -24,7 +26,8 @@ import ml_collections
 from absl import logging
 
 from attnjax import paths
-from attnjax.functional._checks import as_int
+from attnjax.functional._checks import as_int, as_ints, check_choice
+from attnjax.models import FIXED, ModelConfig, point_config
 from attnjax.training.loop import (
     build_task,
     check_run_config,
@@ -42,8 +45,8 @@ __all__ = [
     "format_results",
     "merge_results",
     "parse_shard",
-    "point_config",
     "default_workdir",
+    "point_run_config",
     "recorded_points",
     "run_sweep",
     "sweep_points",
@@ -67,7 +70,6 @@ COLUMNS = (
     "status",
     "reason",
 )
-FIXED = ("model_dim", "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,38 +93,34 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return index, count
 
 
-def _positive_ints(name: str, values) -> list[int]:
-    values = list(values)
-    try:
-        numbers = [as_int(name, value, minimum=1) for value in values]
-    except ValueError:
-        numbers = []
-    if not numbers:
-        raise ValueError(f"{name}={values} must be a non-empty list of positive ints")
-    return numbers
-
-
 def sweep_points(config) -> list[SweepPoint]:
     """All points of ``config.sweep`` (heads × layers), in order."""
     sweep = config.sweep
-    heads = _positive_ints("sweep.heads", sweep.heads)
-    layers = _positive_ints("sweep.layers", sweep.layers)
-    if sweep.fixed not in FIXED:
-        raise ValueError(f"sweep.fixed={sweep.fixed!r} is unknown; choose one of {list(FIXED)}")
+    heads = as_ints("sweep.heads", sweep.heads)
+    layers = as_ints("sweep.layers", sweep.layers)
+    check_choice("sweep.fixed", sweep.fixed, FIXED)
     as_int("sweep.head_dim", sweep.head_dim, minimum=1)  # used at fixed head_dim only
     return [SweepPoint(h, n) for n in layers for h in heads]
 
 
-def point_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
-    """The run config of one point: ``model.num_heads``/``num_layers`` set, and at fixed
-    ``head_dim`` the head width pinned to ``sweep.head_dim`` (model width unchanged)."""
+def point_run_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
+    """The run config of one point: ``config`` with its model replaced by
+    ``point_config(model, heads, layers, sweep.fixed, sweep.head_dim)``. Only the model fields
+    that change are written, so the run config keeps the keys (and the ``config.json``) it had.
+    ``ValueError`` naming the field if the point's model cannot be built."""
+    base, model = _point_models(config, point)
     config = ml_collections.ConfigDict(config.to_dict())  # an unlocked, independent copy
-    config.model.num_heads = point.heads
-    config.model.num_layers = point.layers
-    if config.sweep.fixed == "head_dim":
-        config.model.head_dim = config.sweep.head_dim
+    changed = {k: v for k, v in model.to_dict().items() if v != getattr(base, k)}
+    config.model.update(changed)
     config.lock()
     return config
+
+
+def _point_models(config, point: SweepPoint) -> tuple[ModelConfig, ModelConfig]:
+    """The base model of the sweep and the model of ``point``."""
+    base = ModelConfig.from_config(config.model)
+    sweep = config.sweep
+    return base, point_config(base, point.heads, point.layers, sweep.fixed, sweep.head_dim)
 
 
 def enable_compilation_cache(directory: str | pathlib.Path | None = None) -> pathlib.Path:
@@ -152,14 +150,13 @@ def _one_line(error: BaseException) -> str:
 
 
 def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
-    model = config.model
-    if config.sweep.fixed == "head_dim":
-        head_dim = config.sweep.head_dim
-    else:
-        head_dim = model.head_dim or model.model_dim // point.heads
+    try:
+        model = _point_models(config, point)[1]
+        sizes = dict(model_dim=model.model_dim, head_dim=model.resolved_head_dim)
+    except ValueError:  # a point that cannot be built: its failure row says why
+        sizes = dict(model_dim=config.model.model_dim)
     row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
-    row.update(heads=point.heads, layers=point.layers, model_dim=model.model_dim)
-    row["head_dim"] = head_dim
+    row.update(heads=point.heads, layers=point.layers, **sizes)
     if result is not None:
         params = result.params
         row.update(
@@ -189,7 +186,7 @@ def _check_buildable(config, points: list[SweepPoint]) -> None:
     errors = []
     for point in points:
         try:
-            check_run_config(point_config(config, point), task)
+            check_run_config(point_run_config(config, point), task)
         except ValueError as error:
             errors.append((point, error))
     if len(errors) == len(points):
@@ -227,9 +224,9 @@ def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
             return
     start = time.perf_counter()
     try:
-        run_config = point_config(config, point)
+        run_config = point_run_config(config, point)
         result = train_and_evaluate(run_config, point_dir)
-        row = _row(point, run_config, result)
+        row = _row(point, config, result)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # noqa: BLE001 - a failing point must not stop the sweep
