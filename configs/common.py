@@ -1,17 +1,18 @@
 """Model pieces the config files share (as big_vision's ``configs/common.py`` does).
 
-Plain ml_collections: nothing here imports JAX or attnjax, so a config file is parsed before
-the launcher sets JAX up.
+Plain ml_collections, plus ``ModelConfig``'s field list and defaults (read when a model section
+is built, so a ``model`` section always has every field and each is settable as
+``--config.model.<field>``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+
 import ml_collections
 from ml_collections import config_dict
-
-# Sizes ``ModelConfig`` derives when unset (K = N, H = D // N, R = H, F = 4D): placeholders,
-# None by default and an int when overridden (``--config.model.head_dim=64``).
-DERIVED_SIZES = ("num_kv_heads", "head_dim", "value_dim", "mlp_dim")
 
 # GPT-2's layout (GPT-3 keeps it): pre-LN with LayerNorm biases, biases in attention and MLP,
 # learned positions, tied embeddings, GELU (tanh).
@@ -47,11 +48,32 @@ BERT_LAYOUT = dict(
 
 
 def model(layout: dict, **sizes) -> ml_collections.ConfigDict:
-    """A ``model`` section: ``sizes``, the derived sizes not given (placeholders), ``layout``."""
-    fields = dict(sizes)
-    for name in DERIVED_SIZES:
-        fields.setdefault(name, config_dict.placeholder(int))
-    return ml_collections.ConfigDict({**fields, **layout})
+    """A ``model`` section with every ``ModelConfig`` field: its defaults, then ``layout``,
+    then ``sizes``. Fields whose default is None (the sizes ``ModelConfig`` derives: K = N,
+    H = D // N, R = H, F = 4D; ``attention_implementation``) are typed placeholders, None until
+    overridden (``--config.model.head_dim=64``)."""
+    from attnjax.models.config import ModelConfig  # its defaults are the one source
+
+    types_of = typing.get_type_hints(ModelConfig)
+    fields = {
+        field.name: (
+            config_dict.placeholder(_not_none(types_of[field.name]))
+            if field.default is None
+            else field.default
+        )
+        for field in dataclasses.fields(ModelConfig)
+    }
+    unknown = sorted(set(layout).union(sizes) - set(fields))
+    if unknown:
+        raise ValueError(f"ModelConfig has no field(s) {unknown}")
+    return ml_collections.ConfigDict({**fields, **layout, **sizes})
+
+
+def _not_none(annotation) -> type:
+    """``int`` of ``int | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
 
 
 def counting_config(

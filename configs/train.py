@@ -13,7 +13,8 @@ Override anything: ``--config.model.num_heads=8 --config.train.steps=2000``.
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import common
 
 VARIANTS = ("recall", "induction", "copy", "reverse", "char", "tiny")
 
@@ -41,20 +42,10 @@ def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
     variant = variant or "recall"
     config = ml_collections.ConfigDict()
     config.task = task_config(variant)
-    config.model = ml_collections.ConfigDict(
-        dict(
-            vocab_size=256,
-            max_seq_len=64,
-            model_dim=64,
-            num_layers=2,
-            num_heads=4,
-            head_dim=config_dict.placeholder(int),
-            mlp_dim=config_dict.placeholder(int),
-            position_embedding="learned",
-            norm="layernorm",
-            dropout_rate=0.0,
-        )
-    )
+    config.model = common.model(
+        {}, vocab_size=256, max_seq_len=64, model_dim=64, num_layers=2, num_heads=4,
+        position_embedding="learned", norm="layernorm", dropout_rate=0.0,
+    )  # fmt: skip
     if variant != "char":  # the model's vocabulary and length follow the task's
         config.model.vocab_size = config.task.get_ref("vocab_size")
         config.model.max_seq_len = config.task.get_ref("seq_len")

@@ -1,9 +1,11 @@
 """Every config file in configs/ loads through absl's config flag and builds its model
 abstractly (nnx.eval_shape: shapes only, nothing allocated); sweeps build every grid point."""
 
+import dataclasses
 import importlib
 import inspect
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -115,3 +117,25 @@ def test_gpt3_num_heads_override_keeps_width_except_13b_which_keeps_head_dim():
     config.model.num_heads = 20
     model = ModelConfig.from_config(config.model)
     assert model.num_heads * model.resolved_head_dim == 5140
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_model_config_field_is_settable_from_the_command_line(path):
+    config = _load(path)
+    assert set(config.model.keys()) == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_model_overrides_of_the_readme_reach_the_model(monkeypatch):
+    overrides = [
+        "--config.model.num_kv_heads=1", "--config.model.dtype=bfloat16",
+        "--config.model.activation=relu", "--config.model.attention_implementation=einsum",
+    ]  # fmt: skip
+    values = flags.FlagValues()
+    path = CONFIG_DIR / "train.py"
+    # config_flags registers the overrides it finds in sys.argv when the flag is defined.
+    monkeypatch.setattr(sys, "argv", ["prog", f"--config={path}:induction", *overrides])
+    config_flags.DEFINE_config_file("config", str(path), flag_values=values, lock_config=True)
+    values(sys.argv)
+    model = ModelConfig.from_config(values.config.model)
+    assert (model.num_kv_heads, model.dtype, model.activation) == (1, "bfloat16", "relu")
+    assert model.attention_implementation == "einsum"
