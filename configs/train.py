@@ -36,6 +36,12 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
 
 
+def follows(reference: config_dict.FieldReference) -> config_dict.FieldReference:
+    """A field that takes ``reference``'s value until it is set itself; setting it never
+    changes ``reference`` (unlike ``get_ref``, which ties both fields together both ways)."""
+    return config_dict.FieldReference(reference, field_type=reference.get_type())
+
+
 def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
     """The run config for ``variant`` (default ``recall``)."""
     variant = variant or "recall"
@@ -55,11 +61,11 @@ def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
             dropout_rate=0.0,
         )
     )
-    if variant != "char":  # the model's vocabulary and length follow the task's
-        config.model.vocab_size = config.task.get_ref("vocab_size")
-        config.model.max_seq_len = config.task.get_ref("seq_len")
-    else:
-        config.model.max_seq_len = config.task.get_ref("seq_len")
+    # The model's vocabulary and length follow the task's, one way: overriding the model's
+    # leaves the task as it is (a plain shared reference would change both).
+    if variant != "char":
+        config.model.vocab_size = follows(config.task.get_ref("vocab_size"))
+    config.model.max_seq_len = follows(config.task.get_ref("seq_len"))
     config.train = ml_collections.ConfigDict(
         dict(
             batch_size=32,

@@ -97,10 +97,10 @@ def model_config_for(config, task) -> ModelConfig:
     """``ModelConfig.from_config(config.model)``, checked against the task's sizes."""
     model_config = ModelConfig.from_config(config.model)
     if model_config.vocab_size < task.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the task's "
-            f"vocabulary of {task.vocab_size} tokens"
-        )
+        vocabulary = f"the task's vocabulary of {task.vocab_size} tokens"
+        if config.task.get("vocab_size") == task.vocab_size:
+            vocabulary = f"task.vocab_size={task.vocab_size}"
+        raise ValueError(f"model.vocab_size={model_config.vocab_size} is smaller than {vocabulary}")
     if model_config.max_seq_len < task.seq_len:
         raise ValueError(
             f"model.max_seq_len={model_config.max_seq_len} is shorter than "
