@@ -405,6 +405,34 @@ def test_workdir_of_another_config_is_refused_before_it_changes(finished_run, ch
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize(
+    "train, field",
+    [
+        (dict(lr=-1.0), r"train\.lr"),
+        (dict(lr=float("nan")), r"train\.lr"),
+        (dict(clip=-1.0), r"train\.clip"),
+        (dict(warmup=50), r"train\.warmup=50 must be in \[0, train\.steps=20\)"),
+        (dict(warmup=-1), r"train\.warmup"),
+        (dict(weight_decay=-0.1), r"train\.weight_decay"),
+        (dict(checkpoint_every=0), r"train\.checkpoint_every"),
+        (dict(keep=0), r"train\.keep"),
+    ],
+)
+def test_a_rejected_run_writes_nothing(tmp_path, train, field):
+    with pytest.raises(ValueError, match=field):
+        train_and_evaluate(_tiny_config(**train), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_corrected_command_runs_in_the_workdir_of_a_rejected_one(tmp_path):
+    (tmp_path / "run").mkdir()  # e.g. made by an earlier, finished step of a script
+    with pytest.raises(ValueError, match=r"train\.lr"):
+        train_and_evaluate(_tiny_config(lr=-1.0, steps=3), tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    result = train_and_evaluate(_tiny_config(steps=3), tmp_path / "run")
+    assert result.steps == 3 and math.isfinite(result.eval_loss)
+
+
 @pytest.mark.parametrize("seed", [-1, True])
 def test_bad_seed_names_the_field(tmp_path, seed):
     with pytest.raises(ValueError, match=r"train\.seed"):
@@ -431,6 +459,9 @@ def test_resume_with_other_logging_and_checkpointing_is_accepted(finished_run, t
         (dict(task=dict(prefix_len=20)), r"task\.prefix_len"),
         (dict(sweep=dict(head_dim=0)), r"sweep\.head_dim"),
         (dict(model=dict(model_dim=15), sweep=dict(heads=(2, 4))), r"model_dim=15"),
+        (dict(train=dict(lr=-1.0)), r"train\.lr"),
+        (dict(train=dict(keep=0)), r"train\.keep"),
+        (dict(train=dict(checkpoint_every=0)), r"train\.checkpoint_every"),
     ],
 )
 def test_sweep_no_point_can_run_is_refused_before_writing(tmp_path, monkeypatch, override, field):

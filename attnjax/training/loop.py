@@ -194,19 +194,48 @@ def check_same_config(
         path.write_text(text)
 
 
+_POSITIVE_TRAIN_INTS = (
+    "batch_size", "steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
+)  # fmt: skip
+
+
+def _optimizer_of(train):
+    return make_optimizer(
+        learning_rate=train.lr,
+        steps=train.steps,
+        warmup_steps=train.warmup,
+        weight_decay=train.weight_decay,
+        clip_norm=train.clip,
+    )
+
+
 def _check_train_config(train) -> None:
-    for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches"):
+    for name in _POSITIVE_TRAIN_INTS:
         as_int(f"train.{name}", train[name], minimum=1)
     as_int("train.seed", train.seed, minimum=0)
+    as_int("train.warmup", train.warmup, minimum=0)
+    _optimizer_of(train)  # learning rate, clipping, warmup < steps, weight decay
+
+
+def _check_mesh(config) -> None:
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+    if config.train.batch_size % mesh.shape["data"]:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's data "
+            f"axis (mesh.data={config.mesh.data}: {mesh.shape['data']} devices)"
+        )
 
 
 def check_run_config(config, task=None) -> tuple[Any, ModelConfig]:
-    """The task and ``ModelConfig`` of a run config, after checking ``config.train``;
-    ``ValueError`` naming the field for any impossible setting (nothing is trained).
-    ``task``: the config's task if already built (``build_task(config)``; not built again)."""
+    """The task and ``ModelConfig`` of a run config, after checking ``config.train`` (every
+    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on this process's
+    devices); ``ValueError`` naming the field for any impossible setting (nothing is trained or
+    written). ``task``: the config's task if already built (``build_task(config)``)."""
     _check_train_config(config.train)
     task = build_task(config) if task is None else task
-    return task, model_config_for(config, task)
+    model_config = model_config_for(config, task)
+    _check_mesh(config)
+    return task, model_config
 
 
 def _param_report(model_config: ModelConfig) -> tuple[dict[str, int], str]:
@@ -259,13 +288,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
 
     split = init_model(model_config, train.seed)
-    tx = make_optimizer(
-        learning_rate=train.lr,
-        steps=train.steps,
-        warmup_steps=train.warmup,
-        weight_decay=train.weight_decay,
-        clip_norm=train.clip,
-    )
+    tx = _optimizer_of(train)
     state = init_train_state(split.params, tx)
     shardings = sharding_lib.state_shardings(state, mesh)
     state = _place(state, shardings)
