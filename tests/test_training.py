@@ -391,6 +391,50 @@ def test_run_killed_before_its_first_checkpoint_logs_each_step_once(finished_run
     assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]
 
 
+def _damage(step_dir, how):
+    """Damage one checkpoint the ways a disk, a kill mid-copy or a person do."""
+    if how == "truncated data file":
+        for path in step_dir.rglob("*"):
+            if path.is_file() and path.parent.name == "d":  # OCDBT data files
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "no default/":
+        shutil.rmtree(step_dir / "default")
+    else:
+        (step_dir / "default" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated data file", "no default/"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
+    finished_run, tmp_path, how, caplog
+):
+    config, workdir, result = finished_run
+    run = _copy(workdir, tmp_path)
+    (run / "result.json").unlink()  # as if killed after step 12's checkpoint was damaged
+    _damage(run / "checkpoints" / "12", how)
+    resumed = train_and_evaluate(config, run)  # from step 10, with a warning naming step 12
+    assert resumed.steps == 12 and resumed.eval_loss == pytest.approx(result.eval_loss, rel=1e-6)
+    assert f"{run / 'checkpoints' / '12'} cannot be read" in caplog.text
+    assert (run / "checkpoints_damaged" / "12").is_dir()  # kept for a look, out of the way
+    saved = load_checkpoint(run / "checkpoints")
+    reference = load_checkpoint(workdir / "checkpoints")
+    assert int(saved["step"]) == 12
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["truncated data file", "no default/", "no _METADATA"])
+def test_load_checkpoint_passes_over_a_damaged_one_and_names_it(
+    finished_run, tmp_path, how, caplog
+):
+    _, workdir, _ = finished_run
+    run = _copy(workdir, tmp_path)
+    _damage(run / "checkpoints" / "12", how)
+    assert int(load_checkpoint(run / "checkpoints")["step"]) == 10
+    assert f"{run / 'checkpoints' / '12'} cannot be read" in caplog.text
+    with pytest.raises(ValueError, match=re.escape(str(run / "checkpoints" / "12"))):
+        load_checkpoint(run / "checkpoints", step=12)
+
+
 @pytest.mark.parametrize(
     "change, key", [(dict(model_dim=32), "model.model_dim"), (dict(lr=0.01), "train.lr")]
 )
