@@ -4,6 +4,7 @@ and the sweep's bookkeeping (failures recorded, reruns skip, shards merge)."""
 import dataclasses
 import json
 import math
+import pathlib
 import re
 import shutil
 
@@ -433,6 +434,58 @@ def test_load_checkpoint_passes_over_a_damaged_one_and_names_it(
     assert f"{run / 'checkpoints' / '12'} cannot be read" in caplog.text
     with pytest.raises(ValueError, match=re.escape(str(run / "checkpoints" / "12"))):
         load_checkpoint(run / "checkpoints", step=12)
+
+
+_ON_8_DEVICES = """
+import json, sys
+from configs import train as train_config
+from attnjax.training.loop import train_and_evaluate
+config = train_config.get_config("tiny")
+config.train.update(steps=8, checkpoint_every=4, keep=2, log_every=4, eval_every=4)
+config.mesh.model = 2  # a 4 x 2 mesh: parameters split over heads, batch over 4 devices
+result = train_and_evaluate(config, sys.argv[1])
+config.train.batch_size = 6  # not divisible by the data axis: refused before writing
+try:
+    train_and_evaluate(config, sys.argv[2])
+    error = None
+except ValueError as e:
+    error = str(e)
+print(json.dumps(dict(eval_loss=result.eval_loss, error=error)))
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_of_8_devices_restores_in_a_process_with_1(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    written = tmp_path / "on8"
+    done = subprocess.run(
+        [sys.executable, "-c", _ON_8_DEVICES, str(written), str(tmp_path / "bad")],
+        cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "train.batch_size=6 must be divisible" in report["error"]
+    assert "mesh.data=-1: 4 devices" in report["error"]
+    assert not (tmp_path / "bad").exists()
+    assert jax.device_count() == 1
+    on8 = load_checkpoint(written / "checkpoints")  # inspect on a laptop: no template needed
+    assert int(on8["step"]) == 8
+    run = _copy(written, tmp_path)  # resume from step 4 here, on 1 device
+    shutil.rmtree(run / "checkpoints" / "8")
+    (run / "result.json").unlink()
+    config = _tiny_config(steps=8, checkpoint_every=4, keep=2, log_every=4, eval_every=4)
+    resumed = train_and_evaluate(config, run)
+    assert resumed.eval_loss == pytest.approx(report["eval_loss"], rel=1e-5)
+    on1 = load_checkpoint(run / "checkpoints")
+    for a, b in zip(jax.tree.leaves(on1), jax.tree.leaves(on8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(

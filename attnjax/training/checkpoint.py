@@ -66,7 +66,8 @@ class Checkpointer:
         naming the directory if none can be read (nothing is moved then: more likely ``state``
         does not match the checkpoints than all of them are damaged).
         """
-        steps = self._manager.all_steps(read=True)
+        self._manager.reload()  # what is on disk now
+        steps = self._manager.all_steps()
         if not steps:
             return state
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -106,7 +107,8 @@ class Checkpointer:
 
 def load_checkpoint(directory: str | pathlib.Path, step: int | None = None) -> dict:
     """The train state saved at ``step`` (default: newest) as nested dicts of NumPy arrays:
-    ``{"step", "params", "opt_state"}`` (no template needed, e.g. to inspect or compare runs)."""
+    ``{"step", "params", "opt_state"}`` (no template needed, e.g. to inspect or compare runs;
+    a checkpoint written on a mesh of many devices loads in a process with one)."""
     quiet_orbax()
     directory = pathlib.Path(directory).expanduser().resolve()
     if step is None:  # the newest that can be read (a warning names any newer one)
@@ -125,9 +127,17 @@ def load_checkpoint(directory: str | pathlib.Path, step: int | None = None) -> d
 
 
 def _restore_item(step_dir: pathlib.Path, abstract=None):
-    """The state saved in ``step_dir`` (laid out like ``abstract`` if given), read without the
-    manager (which remembers a damaged step's layout and then misreads the next one)."""
+    """The state saved in ``step_dir``, laid out like ``abstract`` (default: every array whole on
+    this process's first device, whatever mesh wrote it). Read without the manager, which
+    remembers a damaged step's layout and then misreads the next one."""
     with ocp.StandardCheckpointer() as checkpointer:
+        if abstract is None:  # orbax would rebuild the writer's mesh: "Topology mismatch"
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            saved = checkpointer.metadata(step_dir / "default").item_metadata
+            abstract = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                getattr(saved, "tree", saved),
+            )
         return checkpointer.restore(step_dir / "default", abstract)
 
 
