@@ -7,6 +7,8 @@ import math
 import pathlib
 import re
 import shutil
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -642,3 +644,72 @@ def test_sweep_grid_takes_numpy_ints():
     config.sweep.heads = (np.int64(2),)
     points = sweep_lib.sweep_points(config)
     assert [p.name for p in points] == ["h2_l1", "h2_l2"] and type(points[0].heads) is int
+
+
+def test_two_sweeps_on_one_workdir_at_once_run_each_point_once(tmp_path, monkeypatch):
+    calls = []
+
+    def slow_fake(config, workdir):  # long enough for the other sweep to reach this point
+        calls.append(workdir.name)
+        time.sleep(0.5)
+        return _fake_result(config, workdir)
+
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", slow_fake)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 2, 4), layers=(1,))
+    start, errors, said = threading.Barrier(2), [], []
+
+    def sweep():
+        start.wait()
+        try:
+            sweep_lib.run_sweep(config, tmp_path, echo=said.append)
+        except Exception as error:  # noqa: BLE001 - reported by the assert below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(calls) == ["h1_l1", "h2_l1", "h4_l1"], (errors, calls)
+    assert sum("another process" in line or "skipped" in line for line in said) == 3, said
+    rows = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)  # nothing left to run
+    assert [r["status"] for r in rows] == ["ok"] * 3 and len(calls) == 3
+
+
+def test_a_point_claimed_elsewhere_is_left_alone_and_not_recorded(tmp_path, monkeypatch):
+    from attnjax.training.files import claim
+
+    calls = []
+    monkeypatch.setattr(
+        sweep_lib, "train_and_evaluate", lambda c, w: calls.append(w.name) or _fake_result(c, w)
+    )
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 2), layers=(1,))
+    with claim(tmp_path / "h1_l1") as mine:  # as another process running h1_l1 holds it
+        assert mine
+        rows = {r["heads"]: r for r in sweep_lib.run_sweep(config, tmp_path, echo=print)}
+    assert calls == ["h2_l1"] and rows[1]["status"] == "missing"
+    assert not (tmp_path / "h1_l1" / "row.json").exists()
+    sweep_lib.run_sweep(config, tmp_path, echo=print)  # the claim is free again
+    assert calls == ["h2_l1", "h1_l1"]
+
+
+def test_workdir_probes_of_concurrent_runs_do_not_collide(tmp_path):
+    from attnjax.training.loop import prepare_workdir
+
+    errors = []
+
+    def probe():
+        for _ in range(200):
+            try:
+                prepare_workdir(tmp_path)
+            except OSError as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=probe) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and list(tmp_path.iterdir()) == []

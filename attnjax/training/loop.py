@@ -28,6 +28,7 @@ from attnjax.functional._checks import as_int
 from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
+from attnjax.training.files import atomic_write_text, check_writable
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
@@ -114,9 +115,7 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(workdir).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        check_writable(path)
     except OSError as error:
         raise PermissionError(
             f"workdir={str(workdir)!r} is not writable ({error.strerror})"
@@ -191,7 +190,7 @@ def check_same_config(
                 f"({'; '.join(differing[:3])}{more}); pass another --workdir (or delete it)"
             )
     if write:
-        path.write_text(text)
+        atomic_write_text(path, text)
 
 
 _POSITIVE_TRAIN_INTS = (

@@ -4,15 +4,19 @@ Each point ``h{heads}_l{layers}`` trains in its own sub-workdir with
 ``train_and_evaluate`` and leaves a ``row.json`` there (status ``ok``, ``failed``, ``nan`` or
 ``oom`` with a one-line reason), so a re-run skips finished points and shards of one sweep run on
 different machines merge by gathering their sub-workdirs: ``results.csv`` is always written from
-every ``row.json`` found. Grid points have different shapes, so each compiles once; JAX's
-persistent compilation cache (``enable_compilation_cache``) makes re-runs and shards start fast.
+every ``row.json`` found. Sweeps on one workdir may run at once: each point is claimed
+(``files.claim``) before it runs, and a point another process holds is skipped. Grid points
+have different shapes, so each compiles once; JAX's persistent compilation cache
+(``enable_compilation_cache``) makes re-runs and shards start fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -25,6 +29,7 @@ import ml_collections
 from absl import logging
 
 from attnjax.functional._checks import as_int
+from attnjax.training.files import atomic_write_text, claim
 from attnjax.training.loop import (
     build_task,
     check_run_config,
@@ -217,7 +222,20 @@ def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[s
 
 
 def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
+    """Run ``point`` unless it is finished or another process is running it (its claim is held
+    from before ``row.json`` is read until after it is written)."""
+    import jax
+
     point_dir = workdir / point.name
+    one_process = jax.process_count() == 1  # many hosts run each point together: no claims
+    with claim(point_dir) if one_process else contextlib.nullcontext(True) as mine:
+        if not mine:
+            echo(f"{point.name}: being run by another process, skipped")
+            return
+        _run_claimed_point(config, point, point_dir, echo)
+
+
+def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo) -> None:
     row_path = point_dir / "row.json"
     if row_path.exists():
         previous = json.loads(row_path.read_text())
@@ -277,10 +295,11 @@ def merge_results(
     if not rows:
         raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
     ordered = [rows[k] for k in sorted(rows, key=lambda hl: (hl[1], hl[0]))]
-    with open(workdir / "results.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(ordered)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(ordered)
+    atomic_write_text(workdir / "results.csv", table.getvalue())  # shards may merge at once
     return ordered
 
 
