@@ -713,3 +713,46 @@ def test_workdir_probes_of_concurrent_runs_do_not_collide(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    from attnjax.training import files
+
+    path = tmp_path / "row.json"
+    files.atomic_write_text(path, '{"old": 1}')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.atomic_write_text(path, '{"new": 2}')
+    assert path.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_damaged_row_and_result_json_are_rebuilt_or_named(tmp_path, monkeypatch, caplog):
+    from attnjax.training import files
+
+    replaced = []
+    replace = files.os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: replaced.append(b) or replace(a, b))
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(2,), layers=(1,))
+    config.train.update(steps=4, warmup=1, checkpoint_every=4, log_every=2, eval_every=4)
+    [row] = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    written = {pathlib.Path(p).name for p in replaced}
+    assert {"row.json", "result.json", "results.csv", "config.json"} <= written
+    assert row["status"] == "ok" and not list(tmp_path.rglob("*.tmp"))
+    point = tmp_path / "h2_l1"
+    truncate = lambda path: path.write_text(path.read_text()[: path.stat().st_size // 2])
+    truncate(point / "row.json")  # killed mid-write by an older version, or a full disk
+    assert sweep_lib.merge_results(tmp_path) == [row]  # rebuilt from result.json, no training
+    assert f"{point / 'row.json'} was damaged" in caplog.text
+    assert json.loads((point / "row.json").read_text()) == row
+    truncate(point / "row.json")
+    truncate(point / "result.json")
+    with pytest.raises(ValueError, match=re.escape(str(point / "row.json"))):
+        sweep_lib.merge_results(tmp_path)
+    [again] = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)  # from the checkpoint
+    assert again["status"] == "ok" and again["eval_loss"] == pytest.approx(row["eval_loss"])
+    assert _strict_json(point / "result.json")["eval_loss"] == pytest.approx(row["eval_loss"])

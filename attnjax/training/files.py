@@ -15,7 +15,7 @@ import pathlib
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_write_text", "claim", "check_writable"]
+__all__ = ["atomic_write_text", "check_writable", "claim", "prepare_workdir"]
 
 CLAIM_FILE = ".claim"
 
@@ -61,3 +61,16 @@ def claim(directory: str | pathlib.Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """``workdir`` made absolute and created; ``PermissionError`` naming it if not writable."""
+    path = pathlib.Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        check_writable(path)
+    except OSError as error:
+        raise PermissionError(
+            f"workdir={str(workdir)!r} is not writable ({error.strerror})"
+        ) from None
+    return path

@@ -28,7 +28,7 @@ from attnjax.functional._checks import as_int
 from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
-from attnjax.training.files import atomic_write_text, check_writable
+from attnjax.training.files import atomic_write_text, prepare_workdir
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
@@ -108,19 +108,6 @@ def model_config_for(config, task) -> ModelConfig:
             f"task.seq_len={task.seq_len}"
         )
     return model_config
-
-
-def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-    """``workdir`` made absolute and created; ``PermissionError`` naming it if not writable."""
-    path = pathlib.Path(workdir).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        check_writable(path)
-    except OSError as error:
-        raise PermissionError(
-            f"workdir={str(workdir)!r} is not writable ({error.strerror})"
-        ) from None
-    return path
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -358,7 +345,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     )
     if chief:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        (workdir / "result.json").write_text(text)
+        atomic_write_text(workdir / "result.json", text)
     return result
 
 
@@ -369,6 +356,8 @@ def _finished_result(workdir: pathlib.Path, steps: int) -> RunResult | None:
         recorded = json.loads(path.read_text())
         result = RunResult(**recorded)
     except (OSError, ValueError, TypeError):  # none yet, or unreadable: run (or rebuild) it
+        if path.exists():
+            logging.warning("%s is damaged; rebuilding it from the checkpoint", path)
         return None
     if result.steps != steps:
         return None

@@ -237,11 +237,12 @@ def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
 
 def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo) -> None:
     row_path = point_dir / "row.json"
-    if row_path.exists():
-        previous = json.loads(row_path.read_text())
-        if previous["status"] == "ok" or not config.sweep.retry_failed:
-            echo(f"{point.name}: already finished ({previous['status']}), skipped")
-            return
+    previous = _read_row(row_path) if row_path.exists() else None
+    if row_path.exists() and previous is None:  # run again: result.json or checkpoint rebuild it
+        logging.warning("%s is damaged; rebuilding it by running %s again", row_path, point.name)
+    if previous is not None and (previous["status"] == "ok" or not config.sweep.retry_failed):
+        echo(f"{point.name}: already finished ({previous['status']}), skipped")
+        return
     start = time.perf_counter()
     try:
         run_config = point_config(config, point)
@@ -260,7 +261,7 @@ def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo)
         )  # fmt: skip
     point_dir.mkdir(parents=True, exist_ok=True)
     row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    row_path.write_text(json.dumps(row, indent=2, allow_nan=False))
+    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
     if row["status"] == "ok":
         wall = "" if row["wall_s"] is None else f", {row['wall_s']:.1f} s"
         echo(
@@ -284,7 +285,7 @@ def merge_results(
         raise ValueError(f"workdir={str(workdir)!r} is not a directory (nothing to merge)")
     rows = {}
     for path in sorted(workdir.glob("*/row.json")):
-        row = json.loads(path.read_text())
+        row = _read_row(path) or _row_from_run(path)
         rows[(row["heads"], row["layers"])] = row
     for point in points or []:
         rows.setdefault(
@@ -301,6 +302,38 @@ def merge_results(
     writer.writerows(ordered)
     atomic_write_text(workdir / "results.csv", table.getvalue())  # shards may merge at once
     return ordered
+
+
+def _read_row(path: pathlib.Path) -> dict[str, Any] | None:
+    """The row in ``path``; ``None`` if it cannot be read (truncated, not a row)."""
+    try:
+        row = json.loads(path.read_text())
+        if isinstance(row, dict) and {"heads", "layers", "status"} <= row.keys():
+            return row
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _row_from_run(row_path: pathlib.Path) -> dict[str, Any]:
+    """A damaged ``row.json`` rebuilt (and rewritten) from its point's ``config.json`` and
+    ``result.json``; ``ValueError`` naming it when those cannot rebuild it."""
+    from attnjax.training.loop import RunResult
+
+    point_dir = row_path.parent
+    try:
+        run_config = ml_collections.ConfigDict(json.loads((point_dir / "config.json").read_text()))
+        result = RunResult(**json.loads((point_dir / "result.json").read_text()))
+        point = SweepPoint(run_config.model.num_heads, run_config.model.num_layers)
+        row = _row(point, run_config, result)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        raise ValueError(
+            f"{row_path} is damaged and its point has no readable result.json to rebuild it "
+            "from; run the sweep again (without --merge) to rebuild it from its checkpoint"
+        ) from None
+    logging.warning("%s was damaged; rebuilt it from %s", row_path, point_dir / "result.json")
+    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
+    return row
 
 
 def _cell(value: Any, column: str) -> str:
