@@ -13,6 +13,7 @@ Override anything: ``--config.model.num_heads=8 --config.train.steps=2000``.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -37,6 +38,12 @@ def task_config(variant: str) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
 
 
+def follows(reference: config_dict.FieldReference) -> config_dict.FieldReference:
+    """A field that takes ``reference``'s value until it is set itself; setting it never
+    changes ``reference`` (unlike ``get_ref``, which ties both fields together both ways)."""
+    return config_dict.FieldReference(reference, field_type=reference.get_type())
+
+
 def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
     """The run config for ``variant`` (default ``recall``)."""
     variant = variant or "recall"
@@ -46,11 +53,11 @@ def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
         {}, vocab_size=256, max_seq_len=64, model_dim=64, num_layers=2, num_heads=4,
         position_embedding="learned", norm="layernorm", dropout_rate=0.0,
     )  # fmt: skip
-    if variant != "char":  # the model's vocabulary and length follow the task's
-        config.model.vocab_size = config.task.get_ref("vocab_size")
-        config.model.max_seq_len = config.task.get_ref("seq_len")
-    else:
-        config.model.max_seq_len = config.task.get_ref("seq_len")
+    # The model's vocabulary and length follow the task's, one way: overriding the model's
+    # leaves the task as it is (a plain shared reference would change both).
+    if variant != "char":
+        config.model.vocab_size = follows(config.task.get_ref("vocab_size"))
+    config.model.max_seq_len = follows(config.task.get_ref("seq_len"))
     config.train = ml_collections.ConfigDict(
         dict(
             batch_size=32,

@@ -23,12 +23,15 @@ SHARED = ("__init__.py", "common.py")  # pieces the config files import, not con
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if p.name not in SHARED)
 
 
-def _load(path: pathlib.Path, variant: str | None = None):
-    """Parse ``--config=path[:variant]`` the way the launchers do."""
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", str(path), flag_values=values, lock_config=True)
+def _load(path: pathlib.Path, variant: str | None = None, *overrides: str):
+    """Parse ``--config=path[:variant] --config.a.b=v ...`` the way the launchers do."""
     argument = str(path) if variant is None else f"{path}:{variant}"
-    values(["prog", f"--config={argument}"])
+    argv = ["prog", f"--config={argument}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", str(path), flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
     return values.config
 
 
@@ -94,6 +97,33 @@ def test_overrides_follow_into_the_model_and_typos_are_refused():
     assert ModelConfig.from_config(config.model).resolved_head_dim == 8
     with pytest.raises(AttributeError, match="Did you mean"):
         config.model.num_hedas = 2
+
+
+@pytest.mark.parametrize("variant", ["recall", "induction", "char"])
+@pytest.mark.parametrize("field", ["max_seq_len", "vocab_size"])
+def test_a_model_override_leaves_the_task_alone(variant, field):
+    default = _load(CONFIG_DIR / "train.py", variant)
+    config = _load(CONFIG_DIR / "train.py", variant, f"model.{field}=300")
+    assert config.model[field] == 300
+    assert config.task.to_dict() == default.task.to_dict()
+    config.task.seq_len = 40  # the task's length no longer moves the overridden model field
+    assert config.model[field] == 300
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.max_seq_len=8", r"model\.max_seq_len=8 .*task\.seq_len=15"),
+        ("model.vocab_size=8", r"model\.vocab_size=8 .*task\.vocab_size=32"),
+    ],
+)
+def test_a_model_too_small_for_the_task_names_both_settings(override, message):
+    from attnjax.training.loop import check_run_config
+
+    config = _load(CONFIG_DIR / "train.py", "recall", override)
+    assert (config.task.seq_len, config.task.vocab_size) == (15, 32)
+    with pytest.raises(ValueError, match=message):
+        check_run_config(config)
 
 
 def test_gpt3_num_heads_override_keeps_width_except_13b_which_keeps_head_dim():

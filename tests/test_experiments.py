@@ -3,6 +3,7 @@
 import csv
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,36 @@ def test_sweep_records_a_failing_point_and_rerun_skips(tmp_path):
     assert again.stdout.count("skipped") == 2
 
 
+@pytest.mark.slow
+def test_two_sweeps_on_one_workdir_at_once_share_the_points(tmp_path):
+    args = (
+        "--config=configs/sweep.py:tiny",
+        "--config.sweep.heads=(1, 2)",
+        "--config.sweep.layers=(1, 2)",
+        f"--workdir={tmp_path}",
+    )
+    sweeps = [
+        subprocess.Popen(
+            _command("sweep", *args),
+            cwd=ROOT,
+            env=ENV,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
+    for sweep, (_, err) in zip(sweeps, outputs, strict=True):
+        assert sweep.returncode == 0, err[-2000:]
+    said = [line for out, _ in outputs for line in out.splitlines()]
+    trained = sorted(line.split(":")[0] for line in said if re.match(r"h\d_l\d: accuracy", line))
+    assert trained == ["h1_l1", "h1_l2", "h2_l1", "h2_l2"], said  # each by one of the two
+    again = _run("sweep", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already finished (ok), skipped") == 4, again.stdout
+
+
 @pytest.mark.parametrize(
     "module, args, needle",
     [
@@ -131,6 +162,8 @@ def test_sweep_records_a_failing_point_and_rerun_skips(tmp_path):
         ),
         ("train", ["--config.train.lr=1e9", "--config.train.steps=6"], "loss is nan"),
         ("train", ["--config.train.seed=-1"], "train.seed"),
+        ("train", ["--config.model.max_seq_len=8"], "model.max_seq_len=8 is shorter than task"),
+        ("sweep", ["--config.train.keep=0"], "train.keep"),  # before any point runs
         ("train", ["--config.mesh.model=1000"], "only 1 exist"),
         ("train", ["--config.model.dtype=bfloat16"], "config.model has: dropout_rate, head_dim"),
     ],

@@ -4,8 +4,11 @@ and the sweep's bookkeeping (failures recorded, reruns skip, shards merge)."""
 import dataclasses
 import json
 import math
+import pathlib
 import re
 import shutil
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -428,6 +431,102 @@ def test_run_killed_before_its_first_checkpoint_logs_each_step_once(finished_run
     assert [r["step"] for r in records if "loss" in r] == [4, 8, 12]
 
 
+def _damage(step_dir, how):
+    """Damage one checkpoint the ways a disk, a kill mid-copy or a person do."""
+    if how == "truncated data file":
+        for path in step_dir.rglob("*"):
+            if path.is_file() and path.parent.name == "d":  # OCDBT data files
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "no default/":
+        shutil.rmtree(step_dir / "default")
+    else:
+        (step_dir / "default" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated data file", "no default/"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
+    finished_run, tmp_path, how, caplog
+):
+    config, workdir, result = finished_run
+    run = _copy(workdir, tmp_path)
+    (run / "result.json").unlink()  # as if killed after step 12's checkpoint was damaged
+    _damage(run / "checkpoints" / "12", how)
+    resumed = train_and_evaluate(config, run)  # from step 10, with a warning naming step 12
+    assert resumed.steps == 12 and resumed.eval_loss == pytest.approx(result.eval_loss, rel=1e-6)
+    assert f"{run / 'checkpoints' / '12'} cannot be read" in caplog.text
+    assert (run / "checkpoints_damaged" / "12").is_dir()  # kept for a look, out of the way
+    saved = load_checkpoint(run / "checkpoints")
+    reference = load_checkpoint(workdir / "checkpoints")
+    assert int(saved["step"]) == 12
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["truncated data file", "no default/", "no _METADATA"])
+def test_load_checkpoint_passes_over_a_damaged_one_and_names_it(
+    finished_run, tmp_path, how, caplog
+):
+    _, workdir, _ = finished_run
+    run = _copy(workdir, tmp_path)
+    _damage(run / "checkpoints" / "12", how)
+    assert int(load_checkpoint(run / "checkpoints")["step"]) == 10
+    assert f"{run / 'checkpoints' / '12'} cannot be read" in caplog.text
+    with pytest.raises(ValueError, match=re.escape(str(run / "checkpoints" / "12"))):
+        load_checkpoint(run / "checkpoints", step=12)
+
+
+_ON_8_DEVICES = """
+import json, sys
+from configs import train as train_config
+from attnjax.training.loop import train_and_evaluate
+config = train_config.get_config("tiny")
+config.train.update(steps=8, checkpoint_every=4, keep=2, log_every=4, eval_every=4)
+config.mesh.model = 2  # a 4 x 2 mesh: parameters split over heads, batch over 4 devices
+result = train_and_evaluate(config, sys.argv[1])
+config.train.batch_size = 6  # not divisible by the data axis: refused before writing
+try:
+    train_and_evaluate(config, sys.argv[2])
+    error = None
+except ValueError as e:
+    error = str(e)
+print(json.dumps(dict(eval_loss=result.eval_loss, error=error)))
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_of_8_devices_restores_in_a_process_with_1(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    written = tmp_path / "on8"
+    done = subprocess.run(
+        [sys.executable, "-c", _ON_8_DEVICES, str(written), str(tmp_path / "bad")],
+        cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "train.batch_size=6 must be divisible" in report["error"]
+    assert "mesh.data=-1: 4 devices" in report["error"]
+    assert not (tmp_path / "bad").exists()
+    assert jax.device_count() == 1
+    on8 = load_checkpoint(written / "checkpoints")  # inspect on a laptop: no template needed
+    assert int(on8["step"]) == 8
+    run = _copy(written, tmp_path)  # resume from step 4 here, on 1 device
+    shutil.rmtree(run / "checkpoints" / "8")
+    (run / "result.json").unlink()
+    config = _tiny_config(steps=8, checkpoint_every=4, keep=2, log_every=4, eval_every=4)
+    resumed = train_and_evaluate(config, run)
+    assert resumed.eval_loss == pytest.approx(report["eval_loss"], rel=1e-5)
+    on1 = load_checkpoint(run / "checkpoints")
+    for a, b in zip(jax.tree.leaves(on1), jax.tree.leaves(on8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "change, key", [(dict(model_dim=32), "model.model_dim"), (dict(lr=0.01), "train.lr")]
 )
@@ -440,6 +539,34 @@ def test_workdir_of_another_config_is_refused_before_it_changes(finished_run, ch
     with pytest.raises(ValueError, match="workdir=.*" + re.escape(key)):
         train_and_evaluate(other, workdir)
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "train, field",
+    [
+        (dict(lr=-1.0), r"train\.lr"),
+        (dict(lr=float("nan")), r"train\.lr"),
+        (dict(clip=-1.0), r"train\.clip"),
+        (dict(warmup=50), r"train\.warmup=50 must be in \[0, train\.steps=20\)"),
+        (dict(warmup=-1), r"train\.warmup"),
+        (dict(weight_decay=-0.1), r"train\.weight_decay"),
+        (dict(checkpoint_every=0), r"train\.checkpoint_every"),
+        (dict(keep=0), r"train\.keep"),
+    ],
+)
+def test_a_rejected_run_writes_nothing(tmp_path, train, field):
+    with pytest.raises(ValueError, match=field):
+        train_and_evaluate(_tiny_config(**train), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_corrected_command_runs_in_the_workdir_of_a_rejected_one(tmp_path):
+    (tmp_path / "run").mkdir()  # e.g. made by an earlier, finished step of a script
+    with pytest.raises(ValueError, match=r"train\.lr"):
+        train_and_evaluate(_tiny_config(lr=-1.0, steps=3), tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+    result = train_and_evaluate(_tiny_config(steps=3), tmp_path / "run")
+    assert result.steps == 3 and math.isfinite(result.eval_loss)
 
 
 @pytest.mark.parametrize("seed", [-1, True])
@@ -468,6 +595,9 @@ def test_resume_with_other_logging_and_checkpointing_is_accepted(finished_run, t
         (dict(task=dict(prefix_len=20)), r"task\.prefix_len"),
         (dict(sweep=dict(head_dim=0)), r"sweep\.head_dim"),
         (dict(model=dict(model_dim=15), sweep=dict(heads=(2, 4))), r"model_dim=15"),
+        (dict(train=dict(lr=-1.0)), r"train\.lr"),
+        (dict(train=dict(keep=0)), r"train\.keep"),
+        (dict(train=dict(checkpoint_every=0)), r"train\.checkpoint_every"),
     ],
 )
 def test_sweep_no_point_can_run_is_refused_before_writing(tmp_path, monkeypatch, override, field):
@@ -551,3 +681,115 @@ def test_sweep_grid_takes_numpy_ints():
     config.sweep.heads = (np.int64(2),)
     points = sweep_lib.sweep_points(config)
     assert [p.name for p in points] == ["h2_l1", "h2_l2"] and type(points[0].heads) is int
+
+
+def test_two_sweeps_on_one_workdir_at_once_run_each_point_once(tmp_path, monkeypatch):
+    calls = []
+
+    def slow_fake(config, workdir):  # long enough for the other sweep to reach this point
+        calls.append(workdir.name)
+        time.sleep(0.5)
+        return _fake_result(config, workdir)
+
+    monkeypatch.setattr(sweep_lib, "train_and_evaluate", slow_fake)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 2, 4), layers=(1,))
+    start, errors, said = threading.Barrier(2), [], []
+
+    def sweep():
+        start.wait()
+        try:
+            sweep_lib.run_sweep(config, tmp_path, echo=said.append)
+        except Exception as error:  # noqa: BLE001 - reported by the assert below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(calls) == ["h1_l1", "h2_l1", "h4_l1"], (errors, calls)
+    assert sum("another process" in line or "skipped" in line for line in said) == 3, said
+    rows = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)  # nothing left to run
+    assert [r["status"] for r in rows] == ["ok"] * 3 and len(calls) == 3
+
+
+def test_a_point_claimed_elsewhere_is_left_alone_and_not_recorded(tmp_path, monkeypatch):
+    from attnjax.training.files import claim
+
+    calls = []
+    monkeypatch.setattr(
+        sweep_lib, "train_and_evaluate", lambda c, w: calls.append(w.name) or _fake_result(c, w)
+    )
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(1, 2), layers=(1,))
+    with claim(tmp_path / "h1_l1") as mine:  # as another process running h1_l1 holds it
+        assert mine
+        rows = {r["heads"]: r for r in sweep_lib.run_sweep(config, tmp_path, echo=print)}
+    assert calls == ["h2_l1"] and rows[1]["status"] == "missing"
+    assert not (tmp_path / "h1_l1" / "row.json").exists()
+    sweep_lib.run_sweep(config, tmp_path, echo=print)  # the claim is free again
+    assert calls == ["h2_l1", "h1_l1"]
+
+
+def test_workdir_probes_of_concurrent_runs_do_not_collide(tmp_path):
+    from attnjax.training.loop import prepare_workdir
+
+    errors = []
+
+    def probe():
+        for _ in range(200):
+            try:
+                prepare_workdir(tmp_path)
+            except OSError as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=probe) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    from attnjax.training import files
+
+    path = tmp_path / "row.json"
+    files.atomic_write_text(path, '{"old": 1}')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.atomic_write_text(path, '{"new": 2}')
+    assert path.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_damaged_row_and_result_json_are_rebuilt_or_named(tmp_path, monkeypatch, caplog):
+    from attnjax.training import files
+
+    replaced = []
+    replace = files.os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: replaced.append(b) or replace(a, b))
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(heads=(2,), layers=(1,))
+    config.train.update(steps=4, warmup=1, checkpoint_every=4, log_every=2, eval_every=4)
+    [row] = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    written = {pathlib.Path(p).name for p in replaced}
+    assert {"row.json", "result.json", "results.csv", "config.json"} <= written
+    assert row["status"] == "ok" and not list(tmp_path.rglob("*.tmp"))
+    point = tmp_path / "h2_l1"
+    truncate = lambda path: path.write_text(path.read_text()[: path.stat().st_size // 2])
+    truncate(point / "row.json")  # killed mid-write by an older version, or a full disk
+    assert sweep_lib.merge_results(tmp_path) == [row]  # rebuilt from result.json, no training
+    assert f"{point / 'row.json'} was damaged" in caplog.text
+    assert json.loads((point / "row.json").read_text()) == row
+    truncate(point / "row.json")
+    truncate(point / "result.json")
+    with pytest.raises(ValueError, match=re.escape(str(point / "row.json"))):
+        sweep_lib.merge_results(tmp_path)
+    [again] = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)  # from the checkpoint
+    assert again["status"] == "ok" and again["eval_loss"] == pytest.approx(row["eval_loss"])
+    assert _strict_json(point / "result.json")["eval_loss"] == pytest.approx(row["eval_loss"])

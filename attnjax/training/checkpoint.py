@@ -1,12 +1,20 @@
-"""Orbax checkpoints of the train state: async save, keep the newest N, restore the latest."""
+"""Orbax checkpoints of the train state: async save, keep the newest N, restore the latest.
+
+A checkpoint that cannot be read (a truncated data file, a deleted ``default/``, killed in the
+middle of a copy) is passed over with a warning naming it, for the newest one that can: the
+run resumes a little earlier instead of stopping.
+"""
 
 from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 __all__ = ["Checkpointer", "load_checkpoint", "quiet_orbax"]
 
@@ -51,11 +59,37 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def restore_latest(self, state):
-        step = self.latest_step
-        if step is None:
+        """The newest checkpoint that can be read, laid out like ``state``.
+
+        Newer checkpoints that cannot be read are moved to ``<directory>_damaged/`` with a
+        warning naming each (so that the run can save those steps again); ``ValueError``
+        naming the directory if none can be read (nothing is moved then: more likely ``state``
+        does not match the checkpoints than all of them are damaged).
+        """
+        self._manager.reload()  # what is on disk now
+        steps = self._manager.all_steps()
+        if not steps:
             return state
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        restore = lambda step: _restore_item(self.directory / str(step), abstract)
+        step, restored, damaged = _newest_readable(self.directory, steps, restore)
+        for bad in damaged:
+            self._move_aside(bad, step)
+        if damaged:
+            self._manager.reload()
+        return restored
+
+    def _move_aside(self, bad: int, good: int) -> None:
+        target = self.directory.with_name(self.directory.name + "_damaged") / str(bad)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            while target.exists():
+                target = target.with_name(target.name + "_")
+            (self.directory / str(bad)).rename(target)
+        absl_logging.warning(
+            "checkpoint %s cannot be read; resuming from step %d instead (it was moved to %s)",
+            self.directory / str(bad), good, target,
+        )  # fmt: skip
 
     def maybe_save(self, step: int, state, *, force: bool = False) -> bool:
         """Start an async save if ``step`` is a multiple of ``every`` (or ``force``)."""
@@ -73,13 +107,55 @@ class Checkpointer:
 
 def load_checkpoint(directory: str | pathlib.Path, step: int | None = None) -> dict:
     """The train state saved at ``step`` (default: newest) as nested dicts of NumPy arrays:
-    ``{"step", "params", "opt_state"}`` (no template needed, e.g. to inspect or compare runs)."""
+    ``{"step", "params", "opt_state"}`` (no template needed, e.g. to inspect or compare runs;
+    a checkpoint written on a mesh of many devices loads in a process with one)."""
     quiet_orbax()
     directory = pathlib.Path(directory).expanduser().resolve()
-    if step is None:
+    if step is None:  # the newest that can be read (a warning names any newer one)
         steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {str(directory)!r}")
-        step = max(steps)
-    restored = ocp.StandardCheckpointer().restore(directory / str(step) / "default")
+    else:
+        steps = [step]
+    restore = lambda s: _restore_item(directory / str(s))
+    found, restored, damaged = _newest_readable(directory, steps, restore)
+    for bad in damaged:
+        absl_logging.warning(
+            "checkpoint %s cannot be read; loaded step %d instead", directory / str(bad), found
+        )
     return jax.device_get(restored)
+
+
+def _restore_item(step_dir: pathlib.Path, abstract=None):
+    """The state saved in ``step_dir``, laid out like ``abstract`` (default: every array whole on
+    this process's first device, whatever mesh wrote it). Read without the manager, which
+    remembers a damaged step's layout and then misreads the next one."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        if abstract is None:  # orbax would rebuild the writer's mesh: "Topology mismatch"
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            saved = checkpointer.metadata(step_dir / "default").item_metadata
+            abstract = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                getattr(saved, "tree", saved),
+            )
+        return checkpointer.restore(step_dir / "default", abstract)
+
+
+def _newest_readable(
+    directory: pathlib.Path, steps, restore: Callable[[int], Any]
+) -> tuple[int, Any, list[int]]:
+    """``(step, restore(step), newer steps that failed)`` for the newest step that restores;
+    ``ValueError`` naming each checkpoint and its error if none does."""
+    errors = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, restore(step), [bad for bad, _ in errors]
+        except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+            errors.append((step, error))
+    listed = "; ".join(f"{directory / str(s)}: {_one_line(e)}" for s, e in errors)
+    raise ValueError(f"no checkpoint in {str(directory)!r} can be read ({listed})")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]

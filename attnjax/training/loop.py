@@ -28,6 +28,7 @@ from attnjax.functional._checks import as_int
 from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
+from attnjax.training.files import atomic_write_text, prepare_workdir
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.state import TrainState, init_model, init_train_state, make_optimizer
@@ -97,31 +98,16 @@ def model_config_for(config, task) -> ModelConfig:
     """``ModelConfig.from_config(config.model)``, checked against the task's sizes."""
     model_config = ModelConfig.from_config(config.model)
     if model_config.vocab_size < task.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the task's "
-            f"vocabulary of {task.vocab_size} tokens"
-        )
+        vocabulary = f"the task's vocabulary of {task.vocab_size} tokens"
+        if config.task.get("vocab_size") == task.vocab_size:
+            vocabulary = f"task.vocab_size={task.vocab_size}"
+        raise ValueError(f"model.vocab_size={model_config.vocab_size} is smaller than {vocabulary}")
     if model_config.max_seq_len < task.seq_len:
         raise ValueError(
             f"model.max_seq_len={model_config.max_seq_len} is shorter than "
             f"task.seq_len={task.seq_len}"
         )
     return model_config
-
-
-def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-    """``workdir`` made absolute and created; ``PermissionError`` naming it if not writable."""
-    path = pathlib.Path(workdir).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(
-            f"workdir={str(workdir)!r} is not writable ({error.strerror})"
-        ) from None
-    return path
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -191,22 +177,51 @@ def check_same_config(
                 f"({'; '.join(differing[:3])}{more}); pass another --workdir (or delete it)"
             )
     if write:
-        path.write_text(text)
+        atomic_write_text(path, text)
+
+
+_POSITIVE_TRAIN_INTS = (
+    "batch_size", "steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep",
+)  # fmt: skip
+
+
+def _optimizer_of(train):
+    return make_optimizer(
+        learning_rate=train.lr,
+        steps=train.steps,
+        warmup_steps=train.warmup,
+        weight_decay=train.weight_decay,
+        clip_norm=train.clip,
+    )
 
 
 def _check_train_config(train) -> None:
-    for name in ("batch_size", "steps", "log_every", "eval_every", "eval_batches"):
+    for name in _POSITIVE_TRAIN_INTS:
         as_int(f"train.{name}", train[name], minimum=1)
     as_int("train.seed", train.seed, minimum=0)
+    as_int("train.warmup", train.warmup, minimum=0)
+    _optimizer_of(train)  # learning rate, clipping, warmup < steps, weight decay
+
+
+def _check_mesh(config) -> None:
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+    if config.train.batch_size % mesh.shape["data"]:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's data "
+            f"axis (mesh.data={config.mesh.data}: {mesh.shape['data']} devices)"
+        )
 
 
 def check_run_config(config, task=None) -> tuple[Any, ModelConfig]:
-    """The task and ``ModelConfig`` of a run config, after checking ``config.train``;
-    ``ValueError`` naming the field for any impossible setting (nothing is trained).
-    ``task``: the config's task if already built (``build_task(config)``; not built again)."""
+    """The task and ``ModelConfig`` of a run config, after checking ``config.train`` (every
+    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on this process's
+    devices); ``ValueError`` naming the field for any impossible setting (nothing is trained or
+    written). ``task``: the config's task if already built (``build_task(config)``)."""
     _check_train_config(config.train)
     task = build_task(config) if task is None else task
-    return task, model_config_for(config, task)
+    model_config = model_config_for(config, task)
+    _check_mesh(config)
+    return task, model_config
 
 
 def _param_report(model_config: ModelConfig) -> tuple[dict[str, int], str]:
@@ -259,13 +274,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
 
     split = init_model(model_config, train.seed)
-    tx = make_optimizer(
-        learning_rate=train.lr,
-        steps=train.steps,
-        warmup_steps=train.warmup,
-        weight_decay=train.weight_decay,
-        clip_norm=train.clip,
-    )
+    tx = _optimizer_of(train)
     state = init_train_state(split.params, tx)
     shardings = sharding_lib.state_shardings(state, mesh)
     state = _place(state, shardings)
@@ -336,7 +345,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     )
     if chief:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        (workdir / "result.json").write_text(text)
+        atomic_write_text(workdir / "result.json", text)
     return result
 
 
@@ -347,6 +356,8 @@ def _finished_result(workdir: pathlib.Path, steps: int) -> RunResult | None:
         recorded = json.loads(path.read_text())
         result = RunResult(**recorded)
     except (OSError, ValueError, TypeError):  # none yet, or unreadable: run (or rebuild) it
+        if path.exists():
+            logging.warning("%s is damaged; rebuilding it from the checkpoint", path)
         return None
     if result.steps != steps:
         return None

@@ -7,6 +7,7 @@ during training and is checkpointed; ``graphdef`` and ``rest`` are rebuilt from 
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -49,12 +50,14 @@ def make_optimizer(
     Weight decay applies by parameter role (``decays``): projection kernels and embeddings
     decay; biases (``bias``, ``*_bias``, whatever their rank) and norms' scales do not.
     """
-    if learning_rate <= 0:
-        raise ValueError(f"train.lr must be positive, got {learning_rate}")
+    if not 0 < learning_rate < math.inf:
+        raise ValueError(f"train.lr must be positive and finite, got {learning_rate}")
     if not 0 <= warmup_steps < max(steps, 1):
         raise ValueError(f"train.warmup={warmup_steps} must be in [0, train.steps={steps})")
-    if clip_norm <= 0:
+    if not 0 < clip_norm <= math.inf:
         raise ValueError(f"train.clip must be positive, got {clip_norm}")
+    if not 0 <= weight_decay < math.inf:
+        raise ValueError(f"train.weight_decay must be >= 0 and finite, got {weight_decay}")
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate,

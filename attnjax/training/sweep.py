@@ -6,15 +6,19 @@ Each point ``h{heads}_l{layers}`` trains in its own sub-workdir with
 different machines merge by gathering their sub-workdirs: ``results.csv`` is always written from
 every ``row.json`` found. Each point's model is ``attnjax.models.point_config`` of the run
 config's model (the same rule the count sweep uses; see ``attnjax.models.grid`` for what
-``sweep.fixed`` holds constant). Grid points have different shapes, so each compiles once; JAX's
-persistent compilation cache (``enable_compilation_cache``) makes re-runs and shards start fast.
+``sweep.fixed`` holds constant). Sweeps on one workdir may run at once: each point is claimed
+(``files.claim``) before it runs, and a point another process holds is skipped. Grid points
+have different shapes, so each compiles once; JAX's persistent compilation cache
+(``enable_compilation_cache``) makes re-runs and shards start fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import pathlib
@@ -28,6 +32,7 @@ from absl import logging
 from attnjax import paths
 from attnjax.functional._checks import as_int, as_ints, check_choice
 from attnjax.models import FIXED, ModelConfig, point_config
+from attnjax.training.files import atomic_write_text, claim
 from attnjax.training.loop import (
     build_task,
     check_run_config,
@@ -215,13 +220,27 @@ def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[s
 
 
 def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
+    """Run ``point`` unless it is finished or another process is running it (its claim is held
+    from before ``row.json`` is read until after it is written)."""
+    import jax
+
     point_dir = workdir / point.name
-    row_path = point_dir / "row.json"
-    if row_path.exists():
-        previous = json.loads(row_path.read_text())
-        if previous["status"] == "ok" or not config.sweep.retry_failed:
-            echo(f"{point.name}: already finished ({previous['status']}), skipped")
+    one_process = jax.process_count() == 1  # many hosts run each point together: no claims
+    with claim(point_dir) if one_process else contextlib.nullcontext(True) as mine:
+        if not mine:
+            echo(f"{point.name}: being run by another process, skipped")
             return
+        _run_claimed_point(config, point, point_dir, echo)
+
+
+def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo) -> None:
+    row_path = point_dir / "row.json"
+    previous = _read_row(row_path) if row_path.exists() else None
+    if row_path.exists() and previous is None:  # run again: result.json or checkpoint rebuild it
+        logging.warning("%s is damaged; rebuilding it by running %s again", row_path, point.name)
+    if previous is not None and (previous["status"] == "ok" or not config.sweep.retry_failed):
+        echo(f"{point.name}: already finished ({previous['status']}), skipped")
+        return
     start = time.perf_counter()
     try:
         run_config = point_run_config(config, point)
@@ -240,7 +259,7 @@ def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
         )  # fmt: skip
     point_dir.mkdir(parents=True, exist_ok=True)
     row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    row_path.write_text(json.dumps(row, indent=2, allow_nan=False))
+    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
     if row["status"] == "ok":
         wall = "" if row["wall_s"] is None else f", {row['wall_s']:.1f} s"
         echo(
@@ -264,7 +283,7 @@ def merge_results(
         raise ValueError(f"workdir={str(workdir)!r} is not a directory (nothing to merge)")
     rows = {}
     for path in sorted(workdir.glob("*/row.json")):
-        row = json.loads(path.read_text())
+        row = _read_row(path) or _row_from_run(path)
         rows[(row["heads"], row["layers"])] = row
     for point in points or []:
         rows.setdefault(
@@ -275,11 +294,44 @@ def merge_results(
     if not rows:
         raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
     ordered = [rows[k] for k in sorted(rows, key=lambda hl: (hl[1], hl[0]))]
-    with open(workdir / "results.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(ordered)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(ordered)
+    atomic_write_text(workdir / "results.csv", table.getvalue())  # shards may merge at once
     return ordered
+
+
+def _read_row(path: pathlib.Path) -> dict[str, Any] | None:
+    """The row in ``path``; ``None`` if it cannot be read (truncated, not a row)."""
+    try:
+        row = json.loads(path.read_text())
+        if isinstance(row, dict) and {"heads", "layers", "status"} <= row.keys():
+            return row
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _row_from_run(row_path: pathlib.Path) -> dict[str, Any]:
+    """A damaged ``row.json`` rebuilt (and rewritten) from its point's ``config.json`` and
+    ``result.json``; ``ValueError`` naming it when those cannot rebuild it."""
+    from attnjax.training.loop import RunResult
+
+    point_dir = row_path.parent
+    try:
+        run_config = ml_collections.ConfigDict(json.loads((point_dir / "config.json").read_text()))
+        result = RunResult(**json.loads((point_dir / "result.json").read_text()))
+        point = SweepPoint(run_config.model.num_heads, run_config.model.num_layers)
+        row = _row(point, run_config, result)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        raise ValueError(
+            f"{row_path} is damaged and its point has no readable result.json to rebuild it "
+            "from; run the sweep again (without --merge) to rebuild it from its checkpoint"
+        ) from None
+    logging.warning("%s was damaged; rebuilt it from %s", row_path, point_dir / "result.json")
+    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
+    return row
 
 
 def _cell(value: Any, column: str) -> str:
