@@ -38,12 +38,14 @@ RESUME_ARGS = (
 )
 
 
-def _wait_for_checkpoint(directory: pathlib.Path, process, timeout=120):
+def _wait_for_checkpoint(directory: pathlib.Path, process, timeout=600):
+    """Until the first checkpoint step appears (a loaded machine may take minutes to start)."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
             return
         time.sleep(0.02)
+    pytest.fail(f"no checkpoint in {directory} after {timeout} s (exit code {process.poll()})")
 
 
 @pytest.mark.slow
