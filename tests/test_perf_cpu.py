@@ -190,3 +190,33 @@ def test_launcher_flag_turns_tuning_off(monkeypatch):
             assert exit_.value.code in (None, 0)
     assert events == ["tune", "main", "main"]
     assert flags.FLAGS["cpu_tune"].default is True
+
+
+def test_train_and_evaluate_asks_options_for_the_platform_of_its_mesh(tmp_path, monkeypatch):
+    """``compiler_options`` is called once with the mesh's platform, and what it returns is
+    what both steps are compiled with."""
+    from attnjax.training import loop
+    from configs import train as train_config
+
+    config = train_config.get_config("tiny")
+    config.train.update(steps=3, warmup=1, eval_batches=1)
+    asked, built = [], []
+
+    def spy(name):
+        real = getattr(loop, name)
+
+        def build(*args, **kwargs):
+            built.append((name, kwargs["compiler_options"]))
+            return real(*args, **kwargs)
+
+        return build
+
+    for name in ("make_train_step", "make_eval_step"):
+        monkeypatch.setattr(loop, name, spy(name))
+    options = cpu.compiler_options(jax.devices()[0].platform)
+    result = loop.train_and_evaluate(
+        config, tmp_path / "run", compiler_options=lambda p: asked.append(p) or options
+    )
+    assert result.steps == 3
+    assert asked == [jax.devices()[0].platform]
+    assert built == [("make_train_step", options), ("make_eval_step", options)]
