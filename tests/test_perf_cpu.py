@@ -132,6 +132,16 @@ def test_building_and_running_steps_touches_no_malloc_setting_or_flag(monkeypatc
     assert dict(os.environ) == before
 
 
+def test_no_library_module_imports_the_tuning():
+    """Only launchers opt in: no module of attnjax outside ``attnjax/perf`` imports it."""
+    from tests.test_architecture import PACKAGE, imported_names
+
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name != "perf":
+            bad = {n for n in imported_names(path) if n.startswith("attnjax.perf")}
+            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
 def test_tune_sets_each_malloc_parameter_and_is_idempotent(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu, "_glibc_mallopt", lambda: lambda p, v: calls.append((p, v)) or 1)
