@@ -28,7 +28,8 @@ __all__ = ["compiler_options", "tune"]
 # top it may keep instead of trimming.
 _MALLOC_SETTINGS = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 2**31 - 1)}
 
-# XLA:CPU (jaxlib 0.10) hands dots, reductions and elementwise ops to YNNPACK by default.
+# XLA:CPU (jaxlib 0.10) hands dots, reductions and elementwise ops to YNNPACK by default; its
+# own emitters and Eigen dots are faster for train steps (see compiler_options).
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -77,9 +78,17 @@ def compiler_options(platform: str) -> dict[str, Any] | None:
     ``platform`` (``"cpu"``, ``"cuda"``, ``"tpu"``; e.g. ``mesh.devices.flat[0].platform``).
 
     Pure: it sets nothing. On ``"cpu"``, turn YNNPACK fusions off, if this jaxlib knows that
-    option; on every other platform ``None`` (XLA's defaults). Ask with the platform the step
-    is compiled for, not ``jax.default_backend()``: a deviceless TPU or GPU compile runs in a
-    process whose default backend is the CPU, and these options would break it.
+    option; on every other platform ``None`` (XLA's defaults).
+
+    Measured (AdamW train step, the default compile and this one in one process, interleaved
+    rounds; medians of per-round ratios, 2 cores at a load of 13-17): at 6 layers x 384 wide,
+    T=256, batch 16 the default took 1.12x the wall time and 1.17x the CPU time (10 rounds);
+    at nanoGPT's CPU recipe (4 x 128, T=64, batch 12) 1.05x the wall time and 0.97x the CPU
+    time (30 rounds), i.e. about equal. The loss changes at the 1e-6 level (summation order).
+
+    Ask with the platform the step is compiled for, not ``jax.default_backend()``: a
+    deviceless TPU or GPU compile runs in a process whose default backend is the CPU, and
+    these options would break it.
     """
     if platform != "cpu" or not _cpu_options_known():
         return None
