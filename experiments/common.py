@@ -121,7 +121,7 @@ def tuned(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         if CPU_TUNE.value:
             from attnjax.perf import cpu
 
-            logging.info("attnjax.perf.cpu.tune(): %s", cpu.tune())
+            logging.debug("attnjax.perf.cpu.tune(): %s", cpu.tune())
         main(argv)
 
     return wrapped
