@@ -7,7 +7,7 @@ are imported on first use, so ``import attnjax`` stays light:
 ``attnjax.accounting`` (parameter/FLOP/memory counts), ``attnjax.analysis`` (patterns, head
 scores, circuits), ``attnjax.pretrained`` (safetensors checkpoints), ``attnjax.data`` (tasks
 that need attention), ``attnjax.training`` (train loop, checkpoints, sweeps), ``attnjax.viz``
-(figures).
+(figures), ``attnjax.perf`` (opt-in CPU tuning for launchers; nothing runs on import).
 """
 
 import importlib
@@ -32,7 +32,7 @@ from attnjax.models import DecoderLM, Encoder, ModelConfig, TransformerBlock, gr
 
 __version__ = "0.1.0"
 
-_LAZY_SUBPACKAGES = ("accounting", "analysis", "data", "pretrained", "training", "viz")
+_LAZY_SUBPACKAGES = ("accounting", "analysis", "data", "perf", "pretrained", "training", "viz")
 
 __all__ = [
     "MLP",
@@ -58,6 +58,7 @@ __all__ = [
     "layers",
     "models",
     "padding_mask",
+    "perf",
     "pretrained",
     "segment_mask",
     "sinusoidal_embedding",

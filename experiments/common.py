@@ -1,4 +1,5 @@
-"""What every absl launcher shares: flag and user errors as one line (no traceback), devices.
+"""What every absl launcher shares: flag and user errors as one line (no traceback), devices,
+and the opt-in CPU tuning (``--cpu_tune``, on by default; see ``attnjax.perf.cpu``).
 
 A launcher ends with ``common.run(main)``.
 """
@@ -18,6 +19,11 @@ USER_ERRORS = (
     ValueError, KeyError, AttributeError, FileNotFoundError, PermissionError, OSError,
     FloatingPointError,
 )  # fmt: skip
+
+
+CPU_TUNE = flags.DEFINE_bool(
+    "cpu_tune", True, "Apply attnjax.perf.cpu's process-wide tuning (glibc malloc) before main."
+)
 
 
 def user_errors_exit_cleanly(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -106,6 +112,22 @@ def parse_flags_cleanly(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
+def tuned(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """Wrap an absl ``main`` so ``attnjax.perf.cpu.tune()`` runs first, unless
+    ``--cpu_tune=false``."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str]) -> None:
+        if CPU_TUNE.value:
+            from attnjax.perf import cpu
+
+            logging.debug("attnjax.perf.cpu.tune(): %s", cpu.tune())
+        main(argv)
+
+    return wrapped
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """``app.run`` with clean flag errors and clean user errors (both exit 1, one line)."""
-    app.run(user_errors_exit_cleanly(main), flags_parser=parse_flags_cleanly)
+    """``app.run`` with clean flag errors and clean user errors (both exit 1, one line), after
+    the CPU tuning that ``--cpu_tune`` asks for."""
+    app.run(user_errors_exit_cleanly(tuned(main)), flags_parser=parse_flags_cleanly)

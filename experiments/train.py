@@ -8,7 +8,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from experiments.common import log_devices, run
+from experiments.common import CPU_TUNE, log_devices, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train.py", "Run config file (variants: configs/train.py:induction).",
@@ -27,9 +27,11 @@ def main(argv: list[str]) -> None:
 
     sharding.initialize_distributed(config.distributed)
     log_devices()
+    from attnjax.perf import cpu
     from attnjax.training.loop import train_and_evaluate
 
-    result = train_and_evaluate(config, _WORKDIR.value)
+    options = cpu.compiler_options if CPU_TUNE.value else None
+    result = train_and_evaluate(config, _WORKDIR.value, compiler_options=options)
     logging.info("Finished: %s", result)
     known = lambda value, form: "?" if value is None else format(value, form)  # None: unknown
     print(

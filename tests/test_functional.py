@@ -492,3 +492,29 @@ def test_cudnn_errors_that_need_the_gpu_name_the_implementation(key, monkeypatch
     q, k, v = qkv(key, dtype=jnp.bfloat16)
     with pytest.raises(ValueError, match="implementation='cudnn' does not support .*Q 5, KV 7"):
         attnjax.dot_product_attention(q, k, v, implementation="cudnn")
+
+
+def test_default_choice_differentiates_when_platforms_choose_different_backends(key):
+    """With several candidate backends (here: Pallas for TPU, blocked elsewhere) the default
+    runs ``lax.platform_dependent``, whose branches must give one structure: blocked returns
+    an ``lse`` nobody asked for, Pallas none. Its gradient failed at T=256 before."""
+    from attnjax.functional import dispatch
+    from attnjax.functional.call import make_call
+
+    q, k, v = jax.random.normal(key, (3, 1, 256, 2, 64))
+    call, _ = make_call(
+        q, k, v, masking_keywords=dict(is_causal=True), scale=None, return_pattern=False,
+        return_lse=False, dropout_rate=0.0, dropout_rng=None, block_sizes=None,
+    )  # fmt: skip
+    assert len({b.name for b in dispatch._candidates(call).values()}) > 1
+
+    def loss(implementation):
+        f = lambda q, k, v: attnjax.dot_product_attention(
+            q, k, v, is_causal=True, implementation=implementation
+        )
+        return lambda q, k, v: (f(q, k, v) * jnp.cos(f(q, k, v))).sum()
+
+    got = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(loss("vmap"), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5)

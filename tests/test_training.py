@@ -96,47 +96,6 @@ def test_train_step_learns_and_eval_agrees(tiny_training):
     assert losses[-1] < 0.7 * losses[0]  # memorizes the fixed batch
 
 
-def test_cpu_step_settings_change_speed_not_results(tiny_training, monkeypatch):
-    """The step's CPU compiler options and malloc setting leave its numbers as XLA's defaults
-    give them (to summation order)."""
-    import platform
-    import sys
-
-    from attnjax.training import step as step_lib
-
-    split, tx, step = tiny_training
-    batch = _tiny_task().batch(0, 16)
-    monkeypatch.setattr(step_lib, "compiler_options", lambda backend=None: None)
-    plain = make_train_step(split.graphdef, split.rest, tx)
-    states = [init_train_state(jax.tree.map(jnp.copy, split.params), tx) for _ in range(2)]
-    (ours, ours_metrics), (default, default_metrics) = (
-        f(s, batch) for f, s in zip((step, plain), states)
-    )
-    for name in ("loss", "grad_norm"):
-        np.testing.assert_allclose(ours_metrics[name], default_metrics[name], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    if step_lib._cpu_options_known():  # the options reach the compiled step
-        assert "__ynn_fusion" not in step.lower(ours, batch).compile().as_text()
-    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert step_lib.reuse_freed_host_memory() is glibc
-
-
-def test_reuse_host_memory_switch(tiny_training, monkeypatch):
-    """The steps set malloc up only when asked (the default), and only on CPU."""
-    from attnjax.training import step as step_lib
-
-    split, tx, _ = tiny_training
-    calls = []
-    monkeypatch.setattr(step_lib, "reuse_freed_host_memory", lambda: calls.append(1) or True)
-    step_lib.make_train_step(split.graphdef, split.rest, tx, reuse_host_memory=False)
-    step_lib.make_eval_step(split.eval_graphdef, split.rest, reuse_host_memory=False)
-    assert calls == []
-    step_lib.make_train_step(split.graphdef, split.rest, tx)
-    step_lib.make_eval_step(split.eval_graphdef, split.rest)
-    assert len(calls) == (2 if jax.default_backend() == "cpu" else 0)
-
-
 def test_checkpoint_round_trip(tmp_path, tiny_training):
     split, tx, step = tiny_training
     params = jax.tree.map(jnp.copy, split.params)  # the step donates its input

@@ -9,7 +9,6 @@ and raises ``ReconciliationError`` naming the first category where analytic != m
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
@@ -52,31 +51,18 @@ def abstract_model(config: ModelConfig) -> nnx.Module:
     from attnjax.models.transformer import DecoderLM
 
     model_class = DecoderLM if config.architecture == "decoder" else Encoder
-    with _quiet_tracer_errors():
-        return nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
 
+    def build() -> nnx.Module:
+        # The RNG streams' key and count as references (``nnx.var_defaults(ref=True)``, public
+        # in flax 0.12): a draw then updates them in place. As plain variables, every draw
+        # compares the new count's ``sharding`` with the old one's, and on a tracer that
+        # attribute's error message walks the whole trace so far, so building L blocks took
+        # time quadratic in L (GPT-3 2.7B, 32 blocks: 27 s instead of 6 s; 175B ~30x slower).
+        with nnx.var_defaults(ref=True):
+            rngs = nnx.Rngs(0)
+        return model_class(config, rngs=rngs)
 
-@contextlib.contextmanager
-def _quiet_tracer_errors():
-    """Workaround for a quadratic slowdown (flax 0.12.8 / jax 0.10): every RNG draw inside
-    ``nnx.eval_shape`` calls ``getattr(tracer, "sharding", None)``, whose AttributeError message
-    walks the whole trace so far (``_origin_msg``). For GPT-3 175B (96 blocks) that is 20 s
-    instead of 1.5 s. While tracing here, that message part is left empty."""
-    try:
-        from jax._src.interpreters import partial_eval
-    except ImportError:  # pragma: no cover - private module moved: just run slower
-        yield
-        return
-    tracer = partial_eval.DynamicJaxprTracer
-    original = tracer.__dict__.get("_origin_msg")
-    if original is None:
-        yield
-        return
-    tracer._origin_msg = lambda self: ""
-    try:
-        yield
-    finally:
-        tracer._origin_msg = original
+    return nnx.eval_shape(build)
 
 
 def measure_params(config: ModelConfig) -> list[LeafInfo]:

@@ -198,7 +198,13 @@ def _run_backend(backend: Backend, call: Call, mesh=None) -> Result:
     mesh = sharded.context_mesh(call, mesh) if backend.per_shard else None
     run = _jitted(backend.name)
     result = run(call) if mesh is None else sharded.run_per_shard(run, call, mesh)
-    return result
+    # Only what the call asked for: the branches of ``lax.platform_dependent`` (and their
+    # derivatives) must have one structure, and backends give more or less than asked.
+    return Result(
+        result.out,
+        result.pattern if call.return_pattern else None,
+        result.lse if call.return_lse else None,
+    )
 
 
 @functools.cache

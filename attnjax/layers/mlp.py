@@ -16,9 +16,14 @@ __all__ = ["ACTIVATIONS", "MLP", "NORMS", "gelu", "make_norm"]
 
 def gelu(x: Float[ArrayT, "*shape"]) -> Float[ArrayT, "*shape"]:
     """Exact GELU, ``x · Φ(x) = x/2 · (1 + erf(x/√2))``: ``jax.nn.gelu(approximate=False)``
-    written as PyTorch's ``nn.GELU()`` writes it. ``jax.nn.gelu``'s ``erfc`` form cost ~1.35x
-    the whole CPU train step under XLA's default YNNPACK fusions and ~3% more without them.
-    The two agree to float32 rounding (tested)."""
+    written as PyTorch's ``nn.GELU()`` writes it. The two agree to float32 rounding (tested).
+
+    Why not ``jax.nn.gelu`` itself: its ``erfc`` form made XLA:CPU's whole train step slower at
+    nanoGPT's CPU recipe (4 layers x 128, T=64, batch 12): 1.06x the wall time and 1.05x the
+    CPU time (interleaved in one process, 30 rounds, with ``attnjax.perf.cpu``'s compiler
+    options); at 6 x 384, T=256 it was even (1.01x wall, 0.98x CPU, 10 rounds). Earlier, under
+    XLA's default YNNPACK fusions, the ``erfc`` form cost ~1.35x. It also adds ~4% to XLA's
+    cost-analysis FLOPs (README, accounting)."""
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
@@ -63,7 +68,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B D"]:
         # Positions as rows of one matrix: the weight gradients are then plain [M, D]ᵀ·[M, F]
-        # products, which XLA:CPU runs without transposed copies (~5% of a CPU train step).
+        # products, which XLA:CPU runs without transposed copies. Without this reshape a CPU
+        # train step took 1.06x the wall / 1.08x the CPU time at 6 layers x 384, T=256, and
+        # 1.02x / 1.05x at 4 x 128, T=64 (interleaved A/B in one process; see gelu above).
         rows = x.reshape(-1, x.shape[-1])
         out = self.down(ACTIVATIONS[self.activation](self.up(rows)))
         return out.reshape(*x.shape[:-1], out.shape[-1])

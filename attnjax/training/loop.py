@@ -17,6 +17,7 @@ import json
 import math
 import pathlib
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -254,8 +255,17 @@ def _evaluate(eval_step, params, eval_task, batch_size, num_batches, mesh) -> di
     return pool_metrics([_host_metrics(m) for m in per_batch])
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
+def train_and_evaluate(
+    config,
+    workdir: str | pathlib.Path,
+    *,
+    compiler_options: Callable[[str], Mapping[str, Any] | None] | None = None,
+) -> RunResult:
     """Train ``config`` into ``workdir`` (resuming if it holds checkpoints); evaluate at the end.
+
+    ``compiler_options``: XLA options for the train and eval steps as a function of the
+    platform of the mesh they run on (``"cpu"``, ``"cuda"``, ``"tpu"``), e.g.
+    ``attnjax.perf.cpu.compiler_options``; default: XLA's own.
 
     A finished run started again returns its ``result.json`` unchanged. Raises
     ``FloatingPointError`` if the loss becomes NaN/inf, ``ValueError`` naming the field for
@@ -272,6 +282,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
     if finished is not None:
         return finished
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+    options = None if compiler_options is None else compiler_options(mesh.devices.flat[0].platform)
 
     split = init_model(model_config, train.seed)
     tx = _optimizer_of(train)
@@ -292,8 +303,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> RunResult:
         tx,
         dropout_seed=train.seed if dropout else None,
         state_sharding=shardings,
+        compiler_options=options,
     )
-    eval_step = make_eval_step(split.eval_graphdef, split.rest)
+    eval_step = make_eval_step(split.eval_graphdef, split.rest, compiler_options=options)
     tokens_per_step = train.batch_size * task.seq_len
     batch_of = lambda step: sharding_lib.shard_batch(task.batch(step, train.batch_size), mesh)
     evaluate = lambda params: _evaluate(

@@ -5,10 +5,6 @@ Loss and accuracy are averaged over the positions where ``loss_mask`` is 1 (the 
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import platform
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,65 +19,11 @@ from attnjax.layers import trusted_inputs
 from attnjax.training.state import TrainState
 
 __all__ = [
-    "compiler_options",
     "make_eval_step",
     "make_train_step",
     "masked_metrics",
     "pool_metrics",
-    "reuse_freed_host_memory",
 ]
-
-# XLA:CPU (jaxlib 0.10) hands dots, reductions and elementwise ops to YNNPACK by default; for
-# train steps at nanoGPT's CPU sizes its own emitters and Eigen dots are faster: 1.1-1.2x per
-# step at 6 layers x 384 wide, T=256, equal at 4 x 128, T=64 (2 cores, measured against the
-# default in one process). The loss changes at the 1e-6 level (another summation order).
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
-    """XLA options the train and eval steps are compiled with on ``backend`` (default: JAX's
-    default backend): on CPU, no YNNPACK fusions if this jaxlib has that option; else none."""
-    backend = jax.default_backend() if backend is None else backend
-    return dict(_CPU_COMPILER_OPTIONS) if backend == "cpu" and _cpu_options_known() else None
-
-
-@functools.cache
-def _cpu_options_known() -> bool:
-    """Whether this jaxlib accepts ``_CPU_COMPILER_OPTIONS`` (an experimental XLA flag)."""
-    try:
-        jax.jit(jnp.dot).lower(jnp.ones((2, 2)), jnp.ones((2, 2))).compile(_CPU_COMPILER_OPTIONS)
-    except jax.errors.JaxRuntimeError:  # "No such compile option" or "not a valid enum value"
-        return False
-    return True
-
-
-# glibc's mallopt parameters (malloc.h) and the heap top it may keep instead of trimming.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_KEEP_BYTES = 2**31 - 1
-
-
-@functools.cache
-def reuse_freed_host_memory() -> bool:
-    """Make glibc's ``malloc`` keep freed memory for reuse instead of handing it back to the OS.
-
-    XLA:CPU allocates a compiled step's scratch (all its temporaries: 38 MiB for nanoGPT's CPU
-    recipe, 4 layers x 128 wide, T=64, batch 12) as one block per call. glibc serves blocks over
-    32 MiB with fresh ``mmap`` pages and unmaps them when freed, so every step page-faults its
-    whole scratch in again: that was ~20% of the step at that size (~3% at 6 x 384, T=256).
-    Served from the heap (``M_MMAP_MAX=0``) and not trimmed below 2 GiB (``M_TRIM_THRESHOLD``),
-    the next step reuses the same, already mapped pages.
-
-    Process-wide and permanent: memory freed later stays with the process (and is reused by it).
-    The train and eval steps call it on CPU unless made with ``reuse_host_memory=False``.
-    Returns whether it applied (glibc on Linux only).
-    """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
 
 
 def masked_metrics(
@@ -148,14 +90,15 @@ def make_train_step(
     *,
     dropout_seed: int | None = None,
     state_sharding=None,
-    reuse_host_memory: bool = True,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
     ``dropout_seed``: if set (models with dropout), the dropout RNG is reseeded each step from
     ``(dropout_seed, step)`` so a resumed run draws the same masks. ``state_sharding`` pins the
-    output state to the input's sharding (for meshes). ``reuse_host_memory``: on CPU, call
-    ``reuse_freed_host_memory()`` (process-wide; pass False to leave malloc as it is).
+    output state to the input's sharding (for meshes). ``compiler_options``: XLA options for
+    ``jax.jit`` (default: XLA's own), e.g. ``attnjax.perf.cpu.compiler_options(platform)``.
+    Building the step changes nothing outside it.
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -174,21 +117,18 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state), metrics
 
     out_shardings = None if state_sharding is None else (state_sharding, None)
-    return _jit_step(step, reuse_host_memory, donate_argnums=0, out_shardings=out_shardings)
+    return jax.jit(
+        step, donate_argnums=0, out_shardings=out_shardings, compiler_options=compiler_options
+    )
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = True) -> Callable:
+def make_eval_step(
+    graphdef: nnx.GraphDef, rest, *, compiler_options: Mapping[str, Any] | None = None
+) -> Callable:
     """The jitted ``(params, batch) -> metrics``; ``graphdef`` of the model in eval mode.
-    ``reuse_host_memory`` as in ``make_train_step``."""
+    ``compiler_options`` as in ``make_train_step``."""
 
     def step(params, batch):
         return _forward(graphdef, params, rest, batch)
 
-    return _jit_step(step, reuse_host_memory)
-
-
-def _jit_step(step: Callable, reuse_host_memory: bool, **jit_kwargs) -> Callable:
-    """``jax.jit`` with the steps' compiler options, after the malloc setting on CPU."""
-    if reuse_host_memory and jax.default_backend() == "cpu":
-        reuse_freed_host_memory()
-    return jax.jit(step, compiler_options=compiler_options(), **jit_kwargs)
+    return jax.jit(step, compiler_options=compiler_options)

@@ -6,13 +6,8 @@ bounds are then Python ints, so each query block takes one softmax over its visi
 (``Masking.key_range``: no online rescaling, no padding; the last block may be short), the
 causal/window mask is built from iotas only for tiles it cuts, and XLA sees ordinary top-level
 ops that it spreads over every core (ops inside a while loop run on one core on CPU).
-
-**Scheduling on XLA:CPU (the one place these tricks live).** The tiles are independent, and
-XLA's CPU scheduler orders for concurrency, not memory (it also drops optimization barriers),
-so left alone it computes every tile's ``[rows, keys]`` arrays before using any:
-196 MiB instead of 47 MiB for a T = 4096 forward. ``_after`` makes each tile read its rows only
-once the previous tile's result exists, by adding a zero computed from that result (always 0,
-but not provably so). On accelerators this costs one scalar op per tile.
+Why, and the scheduling tricks for XLA:CPU (``_after``, transposed d_k/d_v accumulators, head
+chunks), with their measured ratios: the module docstring of ``blocked``.
 """
 
 from __future__ import annotations
@@ -84,7 +79,8 @@ def _forward(tiles: Tiling, q, k, v, masking: Masking):
 
 
 def _after(x, q0: int, q1: int, previous):
-    """``x[:, :, :, q0:q1]``, read only once ``previous`` (the last tile's result) exists."""
+    """``x[:, :, :, q0:q1]``, read only once ``previous`` (the last tile's result) exists
+    (trick 3 in ``blocked``'s docstring)."""
     rows = x[:, :, :, q0:q1]
     if previous is None:
         return rows
@@ -101,8 +97,7 @@ def _attention_fwd(tiles: Tiling, q, k, v, masking: Masking):
 def _attention_bwd(tiles: Tiling, residuals, cotangents):
     q, k, v, masking, d_out, delta, lse = common.backward_inputs(residuals, cotangents)
     d_q_tiles = []
-    # d_k, d_v are accumulated transposed ([.., H, S]): XLA's CPU matmul then reads the
-    # [T, S] tiles as they lie instead of copying each one into [S, T] order.
+    # d_k, d_v accumulated transposed ([.., H, S]): trick 4 in blocked's docstring.
     d_k_t = jnp.zeros(k.shape[:2] + (k.shape[3], k.shape[2]), F32)
     d_v_t = jnp.zeros(v.shape[:2] + (v.shape[3], v.shape[2]), F32)
     d_bias = common.zero_bias_gradient(masking)
