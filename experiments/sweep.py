@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from experiments.common import log_devices, run
+from experiments.common import CPU_TUNE, log_devices, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/sweep.py", "Sweep config file (configs/sweep.py:fixed_head_dim).",
@@ -39,7 +39,10 @@ def main(argv: list[str]) -> None:
     else:
         log_devices()
         logging.info("compilation cache: %s", sweep_lib.enable_compilation_cache(_CACHE.value))
-        rows = sweep_lib.run_sweep(config, workdir)
+        from attnjax.perf import cpu
+
+        options = cpu.compiler_options if CPU_TUNE.value else None
+        rows = sweep_lib.run_sweep(config, workdir, compiler_options=options)
     plots = save_sweep_plots(rows, workdir)
     print(sweep_lib.format_results(rows))
     print(f"results: {workdir}/results.csv; plots: {', '.join(p.name for p in plots)}")

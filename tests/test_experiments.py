@@ -195,7 +195,7 @@ def test_merge_reads_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatc
     assert rows == [("1", "1", "ok"), ("3", "1", "missing")]
 
 
-def _fake_run(config, workdir):
+def _fake_run(config, workdir, **options):
     from attnjax.training.loop import RunResult
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -166,7 +166,7 @@ def test_train_rejects_a_model_that_does_not_fit_the_task(tmp_path):
         train_and_evaluate(config, tmp_path)
 
 
-def _fake_result(config, workdir):
+def _fake_result(config, workdir, **options):
     """Stands in for training: fails like a real run would for 3 heads, NaN for 8."""
     heads = config.model.num_heads
     ModelConfig.from_config(config.model)  # raises for heads that do not divide model_dim
@@ -182,7 +182,7 @@ def _fake_result(config, workdir):
 def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        sweep_lib, "train_and_evaluate", lambda c, w: calls.append(w.name) or _fake_result(c, w)
+        sweep_lib, "train_and_evaluate", lambda c, w, **o: calls.append(w.name) or _fake_result(c, w)
     )
     config = sweep_config.get_config("tiny")
     config.sweep.heads = (1, 3, 8)
@@ -645,7 +645,7 @@ def test_sweep_grid_takes_numpy_ints():
 def test_two_sweeps_on_one_workdir_at_once_run_each_point_once(tmp_path, monkeypatch):
     calls = []
 
-    def slow_fake(config, workdir):  # long enough for the other sweep to reach this point
+    def slow_fake(config, workdir, **options):  # long enough for the other sweep to get here
         calls.append(workdir.name)
         time.sleep(0.5)
         return _fake_result(config, workdir)
@@ -678,7 +678,7 @@ def test_a_point_claimed_elsewhere_is_left_alone_and_not_recorded(tmp_path, monk
 
     calls = []
     monkeypatch.setattr(
-        sweep_lib, "train_and_evaluate", lambda c, w: calls.append(w.name) or _fake_result(c, w)
+        sweep_lib, "train_and_evaluate", lambda c, w, **o: calls.append(w.name) or _fake_result(c, w)
     )
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 2), layers=(1,))

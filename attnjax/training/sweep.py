@@ -200,11 +200,16 @@ def _check_buildable(config, points: list[SweepPoint]) -> None:
     sharding.make_mesh(config.mesh.data, config.mesh.model)
 
 
-def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[str, Any]]:
+def run_sweep(
+    config, workdir: str | pathlib.Path, *, echo=print, compiler_options=None
+) -> list[dict[str, Any]]:
     """Train every point of this shard not yet finished; return the merged rows of all points.
 
     Settings no point can run with raise ``ValueError`` before anything is written. A point
     that raises (bad shape, NaN loss, out of memory) is recorded and the sweep goes on.
+    ``compiler_options`` goes to each point's ``train_and_evaluate`` (e.g.
+    ``attnjax.perf.cpu.compiler_options``, as ``experiments.sweep`` passes unless
+    ``--cpu_tune=false``).
     """
     points = sweep_points(config)
     index, count = parse_shard(config.sweep.shard)
@@ -214,12 +219,12 @@ def run_sweep(config, workdir: str | pathlib.Path, *, echo=print) -> list[dict[s
     mine = points[index::count]
     with progress_bar(len(mine), desc="sweep", unit="point") as bar:
         for point in mine:
-            _run_point(config, point, workdir, echo)
+            _run_point(config, point, workdir, echo, compiler_options)
             bar.update(1)
     return merge_results(workdir, points)
 
 
-def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
+def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo, compiler_options) -> None:
     """Run ``point`` unless it is finished or another process is running it (its claim is held
     from before ``row.json`` is read until after it is written)."""
     import jax
@@ -230,10 +235,12 @@ def _run_point(config, point: SweepPoint, workdir: pathlib.Path, echo) -> None:
         if not mine:
             echo(f"{point.name}: being run by another process, skipped")
             return
-        _run_claimed_point(config, point, point_dir, echo)
+        _run_claimed_point(config, point, point_dir, echo, compiler_options)
 
 
-def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo) -> None:
+def _run_claimed_point(
+    config, point: SweepPoint, point_dir: pathlib.Path, echo, compiler_options
+) -> None:
     row_path = point_dir / "row.json"
     previous = _read_row(row_path) if row_path.exists() else None
     if row_path.exists() and previous is None:  # run again: result.json or checkpoint rebuild it
@@ -244,7 +251,7 @@ def _run_claimed_point(config, point: SweepPoint, point_dir: pathlib.Path, echo)
     start = time.perf_counter()
     try:
         run_config = point_run_config(config, point)
-        result = train_and_evaluate(run_config, point_dir)
+        result = train_and_evaluate(run_config, point_dir, compiler_options=compiler_options)
         row = _row(point, config, result)
     except (KeyboardInterrupt, SystemExit):
         raise
