@@ -182,7 +182,9 @@ def _fake_result(config, workdir, **options):
 def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        sweep_lib, "train_and_evaluate", lambda c, w, **o: calls.append(w.name) or _fake_result(c, w)
+        sweep_lib,
+        "train_and_evaluate",
+        lambda c, w, **o: calls.append(w.name) or _fake_result(c, w),
     )
     config = sweep_config.get_config("tiny")
     config.sweep.heads = (1, 3, 8)
@@ -678,7 +680,9 @@ def test_a_point_claimed_elsewhere_is_left_alone_and_not_recorded(tmp_path, monk
 
     calls = []
     monkeypatch.setattr(
-        sweep_lib, "train_and_evaluate", lambda c, w, **o: calls.append(w.name) or _fake_result(c, w)
+        sweep_lib,
+        "train_and_evaluate",
+        lambda c, w, **o: calls.append(w.name) or _fake_result(c, w),
     )
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 2), layers=(1,))
