@@ -43,7 +43,7 @@ SIZES = {
 }
 VARIANTS = ("size=350m", "size=1.3b")  # built abstractly by tests/test_configs.py
 # (every size is counted and reconciled in tests/test_accounting.py; building the 96-layer
-# 175B abstractly without attnjax.accounting's tracing workaround takes ~30 s)
+# 175B abstractly takes ~30 s on 2 cores)
 PAPER_PARAMS = {size: values[-1] for size, values in SIZES.items()}
 
 
