@@ -492,3 +492,23 @@ def test_cudnn_errors_that_need_the_gpu_name_the_implementation(key, monkeypatch
     q, k, v = qkv(key, dtype=jnp.bfloat16)
     with pytest.raises(ValueError, match="implementation='cudnn' does not support .*Q 5, KV 7"):
         attnjax.dot_product_attention(q, k, v, implementation="cudnn")
+
+
+def test_automatic_choice_runs_where_pallas_would_on_tpu(key):
+    """T = S = 128 (the Pallas block): implementation=None puts the Pallas branch (TPU) and the
+    blocked one (elsewhere) into one platform_dependent; both must answer with one structure
+    (the blocked kernel's unrequested lse once broke this, forward and backward)."""
+    q, k, v = (jax.random.normal(k_, (1, 128, 2, 8)) for k_ in jax.random.split(key, 3))
+    causal = np.tril(np.ones((128, 128), bool))
+    expected, _ = numpy_attention(q, k, v, mask=causal)
+    out = jax.jit(lambda q, k, v: attnjax.dot_product_attention(q, k, v, is_causal=True))(q, k, v)
+    np.testing.assert_allclose(out, expected, atol=2e-5, rtol=2e-5)
+
+    def loss(impl):
+        return lambda q: attnjax.dot_product_attention(
+            q, k, v, is_causal=True, implementation=impl
+        ).sum()
+
+    np.testing.assert_allclose(
+        jax.grad(loss(None))(q), jax.grad(loss("einsum"))(q), atol=2e-5, rtol=2e-5
+    )

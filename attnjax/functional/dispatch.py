@@ -197,7 +197,10 @@ def _run_backend(backend: Backend, call: Call, mesh=None) -> Result:
     mesh = sharded.context_mesh(call, mesh) if backend.per_shard else None
     run = _jitted(backend.name)
     result = run(call) if mesh is None else sharded.run_per_shard(run, call, mesh)
-    return result
+    # Only what the call asked for: every candidate of platform_dependent must answer with the
+    # same structure (the blocked kernel always gives its lse; Pallas gives none).
+    pattern = result.pattern if call.return_pattern else None
+    return Result(result.out, pattern, result.lse if call.return_lse else None)
 
 
 @functools.cache
