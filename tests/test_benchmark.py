@@ -1,6 +1,6 @@
-"""attnjax.bench: its helpers on a fake clock and fake results, and experiments.benchmark end
-to end on tiny shapes (every row and field is written; timings are measured, never asserted).
-Runs with or without torch (torch rows only when it exists)."""
+"""experiments.benchmark (a launcher over attnjax.bench) end to end on tiny shapes: every row
+and field is written; timings are measured, never asserted. Runs with or without torch (torch
+rows only when it exists)."""
 
 import json
 import os
