@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +150,24 @@ def test_case_flops_and_grid_bytes():
     assert case.flops("fwd_bwd", True) == 3 * 4 * b * n * t * (t + 1) / 2 * h
     assert case.grid_bytes(2) == b * n * t * t * 2
     assert report.finite((1.0, float("-inf"))) == [1.0, None]
+
+
+def test_import_has_no_process_wide_side_effects():
+    """Importing attnjax.bench defines no absl flags, changes no environment variable, does not
+    import torch or the training stack, and prints nothing (a fresh interpreter)."""
+    code = (
+        "import os, sys\n"
+        "from absl import flags\n"
+        "import attnjax\n"
+        "before, env = len(list(flags.FLAGS)), dict(os.environ)\n"
+        "from attnjax import bench\n"
+        "assert bench.run and attnjax.bench is bench\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'torch'\n"
+        "          or m.startswith('attnjax.training')]\n"
+        "print(len(list(flags.FLAGS)) - before, dict(os.environ) == env, loaded)\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout == "0 True []\n", result.stdout + result.stderr
