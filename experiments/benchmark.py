@@ -9,6 +9,8 @@ What is timed and how (conventions for FLOPs, memory, timing; the default run's 
 ``attnjax.bench``. Compare two commits with ``scripts/before_after.py``.
 """
 
+import dataclasses
+
 from absl import flags
 
 from attnjax import bench
@@ -40,10 +42,10 @@ _JSON = flags.DEFINE_string("json", None, "Write machine info, matmul rates and 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
-    values = {}
-    for field in bench.Options.__dataclass_fields__:
-        value = flags.FLAGS[field].value
-        values[field] = tuple(value) if isinstance(value, list) else value
+    values = {}  # every field of bench.Options is a flag of the same name
+    for field in dataclasses.fields(bench.Options):
+        value = flags.FLAGS[field.name].value
+        values[field.name] = tuple(value) if isinstance(value, list) else value
     options = bench.Options(**values).checked()
     log_devices()
     result = bench.run(options)
