@@ -7,7 +7,8 @@ are imported on first use, so ``import attnjax`` stays light:
 ``attnjax.accounting`` (parameter/FLOP/memory counts), ``attnjax.analysis`` (patterns, head
 scores, circuits), ``attnjax.pretrained`` (safetensors checkpoints), ``attnjax.data`` (tasks
 that need attention), ``attnjax.training`` (train loop, checkpoints, sweeps), ``attnjax.viz``
-(figures), ``attnjax.perf`` (opt-in CPU tuning for launchers; nothing runs on import).
+(figures), ``attnjax.perf`` (opt-in CPU tuning for launchers; nothing runs on import),
+``attnjax.bench`` (speed and memory against peers).
 """
 
 import importlib
@@ -32,7 +33,9 @@ from attnjax.models import DecoderLM, Encoder, ModelConfig, TransformerBlock, gr
 
 __version__ = "0.1.0"
 
-_LAZY_SUBPACKAGES = ("accounting", "analysis", "data", "perf", "pretrained", "training", "viz")
+_LAZY_SUBPACKAGES = (
+    "accounting", "analysis", "bench", "data", "perf", "pretrained", "training", "viz",
+)  # fmt: skip
 
 __all__ = [
     "MLP",
@@ -49,6 +52,7 @@ __all__ = [
     "attend",
     "attention_pattern",
     "attention_scores",
+    "bench",
     "causal_mask",
     "combine_masks",
     "data",

@@ -1,5 +1,6 @@
-"""experiments.benchmark end to end on tiny shapes: every row and field is written; timings
-are measured, never asserted. Runs with or without torch (torch rows only when it exists)."""
+"""experiments.benchmark (a launcher over attnjax.bench) end to end on tiny shapes: every row
+and field is written; timings are measured, never asserted. Runs with or without torch (torch
+rows only when it exists)."""
 
 import json
 import os
@@ -46,9 +47,10 @@ def test_attention_suite_writes_every_row(tmp_path):
         assert row["skipped"] is None, row
         assert row["flops"] == 3 * 4 * b * n * (t * (t + 1) / 2) * h
         assert row["seconds"] > 0 and row["samples"] >= 1 and row["peak_bytes"] > 0
+        assert row["iqr_seconds"] >= 0 and row["warmup_seconds"] > 0
         assert row["gflops"] > 0 and row["percent_of_matmul"] > 0
         assert set(row["ratios"]) == {p for p in peers if p != row["implementation"]}
-    assert rows[0]["memory"] == "xla"
+    assert rows[0]["memory"] == "xla" and rows[0]["compile_seconds"] > 0
     assert result["train"] == []
     assert "attnjax[einsum]" in process.stdout
 
@@ -62,6 +64,8 @@ def test_train_suite_times_both_frameworks(tmp_path):
     assert [r["framework"] for r in train] == ["attnjax"] + (["torch nanoGPT"] if HAS_TORCH else [])
     for row in train:
         assert row["setting"] == "tiny" and row["tokens_per_s"] > 0 and row["gflops"] > 0
+        assert row["samples"] == 1 and row["iqr_seconds"] == 0
+    assert train[0]["compile_seconds"] > 0
     if HAS_TORCH:  # the two models are configured alike: same parameter count
         assert train[0]["params"] == train[1]["params"]
         assert set(train[0]["ratios"]) == {"torch nanoGPT"}

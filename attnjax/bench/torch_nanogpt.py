@@ -1,4 +1,4 @@
-"""nanoGPT's model (Karpathy, ``model.py``), compact, for ``experiments.benchmark``'s train suite.
+"""nanoGPT's model (Karpathy, ``model.py``), compact, for ``attnjax.bench``'s train suite.
 
 A faithful copy of the parts a training step runs: LayerNorm with an optional bias,
 CausalSelfAttention through ``F.scaled_dot_product_attention(is_causal=True)``, a 4x GELU MLP,
