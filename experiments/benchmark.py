@@ -14,7 +14,7 @@ import dataclasses
 from absl import flags
 
 from attnjax import bench
-from experiments.common import log_devices, run
+from experiments.common import CPU_TUNE, log_devices, run
 
 _CASES, _TRAIN = list(bench.CASES), list(bench.TRAIN_SETTINGS)
 flags.DEFINE_enum("suite", "all", bench.SUITES, "Which suite(s) to run.")
@@ -48,7 +48,9 @@ def main(argv: list[str]) -> None:
         values[field.name] = tuple(value) if isinstance(value, list) else value
     options = bench.Options(**values).checked()
     log_devices()
-    result = bench.run(options)
+    from attnjax.perf import cpu
+
+    result = bench.run(options, compiler_options=cpu.compiler_options if CPU_TUNE.value else None)
     if _JSON.value:
         bench.write_json(_JSON.value, result)
 

@@ -88,8 +88,12 @@ def machine_info() -> dict:
     return info
 
 
-def run(options: Options = Options()) -> dict:
+def run(options: Options = Options(), *, compiler_options=None) -> dict:
     """Run the suites, printing each table as it completes.
+
+    ``compiler_options``: ``platform -> XLA options`` for the timed train step, as training
+    takes it (``experiments.benchmark`` passes ``attnjax.perf.cpu.compiler_options`` unless
+    ``--cpu_tune=false``, so the step timed is the step ``experiments.train`` runs).
 
     Returns:
       ``{"machine": machine_info(), "matmul_size": int, "matmul_gflops": {"jax": GFLOP/s,
@@ -117,8 +121,9 @@ def run(options: Options = Options()) -> dict:
     if options.suite in ("train", "all"):
         print(f"\n{train.TRAIN_NOTES}")
         result["train"] = train.train_rows(
-            options.train_settings, options.train_repeats, with_torch, matmul["jax"]
-        )
+            options.train_settings, options.train_repeats, with_torch, matmul["jax"],
+            compiler_options=compiler_options,
+        )  # fmt: skip
     result["wall_s"] = time.perf_counter() - start
     print(f"\nwall time {result['wall_s']:.0f} s")
     return result

@@ -88,9 +88,10 @@ def setting_tokens(setting: TrainSetting) -> np.ndarray:
     return rng.integers(0, setting.vocab_size, (setting.batch_size, setting.seq_len + 1))
 
 
-def attnjax_step(setting: TrainSetting, tokens: np.ndarray):
+def attnjax_step(setting: TrainSetting, tokens: np.ndarray, compiler_options=None):
     """attnjax's jitted train step on ``tokens`` [B, T + 1], compiled ahead of time, its state
-    donated from step to step as in training.
+    donated from step to step as in training; ``compiler_options(platform)`` gives its XLA
+    options (None: XLA's own).
 
     Returns ``(step, sync, params, compile_seconds)``: ``step()`` runs one step (asynchronously),
     ``sync()`` waits for it, ``params`` is the parameter count.
@@ -103,7 +104,8 @@ def attnjax_step(setting: TrainSetting, tokens: np.ndarray):
         learning_rate=1e-3, steps=2000, warmup_steps=100, weight_decay=0.1, clip_norm=1.0
     )
     state = [init_train_state(split.params, tx)]
-    train_step = make_train_step(split.graphdef, split.rest, tx)
+    options = None if compiler_options is None else compiler_options(jax.default_backend())
+    train_step = make_train_step(split.graphdef, split.rest, tx, compiler_options=options)
     ids = tokens.astype(np.int32)
     batch = Batch(
         inputs=jnp.asarray(ids[:, :-1]),
@@ -143,11 +145,13 @@ def _prepared(framework, step, sync, steps, fields) -> timing.Prepared:
     return timing.Prepared({"framework": framework, **fields}, contender)
 
 
-def time_setting(setting: TrainSetting, repeats: int, with_torch: bool) -> list[dict]:
+def time_setting(
+    setting: TrainSetting, repeats: int, with_torch: bool, compiler_options=None
+) -> list[dict]:
     """Seconds per step, median over ``repeats`` blocks of ``setting.steps`` steps after one
     warm-up step, of attnjax (and nanoGPT with torch), the blocks of both taken in turn."""
     tokens = setting_tokens(setting)
-    step, sync, params, compile_s = attnjax_step(setting, tokens)
+    step, sync, params, compile_s = attnjax_step(setting, tokens, compiler_options)
     fields = {"params": params, "compile_seconds": compile_s}
     rows = [_prepared("attnjax", step, sync, setting.steps, fields)]
     if with_torch:
@@ -162,12 +166,15 @@ def time_setting(setting: TrainSetting, repeats: int, with_torch: bool) -> list[
     return results
 
 
-def train_rows(setting_names, repeats: int, with_torch: bool, matmul: float) -> list[dict]:
+def train_rows(
+    setting_names, repeats: int, with_torch: bool, matmul: float, *, compiler_options=None
+) -> list[dict]:
     """Every row of the train suite (one per setting × framework), printed setting by setting.
 
     Args:
       setting_names: keys of :data:`TRAIN_SETTINGS`; repeats: timed blocks per setting;
-      with_torch: also time nanoGPT; matmul: the GFLOP/s ``percent_of_matmul`` is relative to.
+      with_torch: also time nanoGPT; matmul: the GFLOP/s ``percent_of_matmul`` is relative to;
+      compiler_options: ``platform -> XLA options`` of attnjax's step (None: XLA's own).
 
     Each row: the setting's fields, ``framework``, ``seconds`` (per step), ``params``,
     ``flops_per_step``, ``tokens_per_s`` (B·T / seconds), ``gflops``, ``percent_of_matmul``
@@ -179,7 +186,7 @@ def train_rows(setting_names, repeats: int, with_torch: bool, matmul: float) -> 
         tokens = setting.batch_size * setting.seq_len
         group = dict(setting=name, **dataclasses.asdict(setting), tokens_per_step=tokens)
         flops = train_flops(setting)
-        results = time_setting(setting, repeats, with_torch)
+        results = time_setting(setting, repeats, with_torch, compiler_options)
         torch_s = results[-1]["seconds"] if with_torch else None
         for result in results:
             row = {**group, **result, "flops_per_step": flops}
