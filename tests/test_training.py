@@ -179,13 +179,19 @@ def _fake_result(config, workdir, **options):
     )  # fmt: skip
 
 
-def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path, monkeypatch):
+def _count_fake_training(monkeypatch) -> list[str]:
+    """Fake every point's training; the list fills with the names of the points trained."""
     calls = []
     monkeypatch.setattr(
         sweep_lib,
         "train_and_evaluate",
         lambda c, w, **o: calls.append(w.name) or _fake_result(c, w),
     )
+    return calls
+
+
+def test_sweep_records_failures_skips_finished_points_and_merges_shards(tmp_path, monkeypatch):
+    calls = _count_fake_training(monkeypatch)
     config = sweep_config.get_config("tiny")
     config.sweep.heads = (1, 3, 8)
     config.sweep.layers = (1,)
@@ -678,12 +684,7 @@ def test_two_sweeps_on_one_workdir_at_once_run_each_point_once(tmp_path, monkeyp
 def test_a_point_claimed_elsewhere_is_left_alone_and_not_recorded(tmp_path, monkeypatch):
     from attnjax.training.files import claim
 
-    calls = []
-    monkeypatch.setattr(
-        sweep_lib,
-        "train_and_evaluate",
-        lambda c, w, **o: calls.append(w.name) or _fake_result(c, w),
-    )
+    calls = _count_fake_training(monkeypatch)
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 2), layers=(1,))
     with claim(tmp_path / "h1_l1") as mine:  # as another process running h1_l1 holds it
