@@ -167,7 +167,7 @@ def test_two_sweeps_on_one_workdir_at_once_share_the_points(tmp_path):
         ("train", ["--config.model.max_seq_len=8"], "model.max_seq_len=8 is shorter than task"),
         ("sweep", ["--config.train.keep=0"], "train.keep"),  # before any point runs
         ("train", ["--config.mesh.model=1000"], "only 1 exist"),
-        ("train", ["--config.model.dtype=bfloat16"], "config.model has: dropout_rate, head_dim"),
+        ("train", ["--config.train.dtype=bfloat16"], "config.train has: batch_size, checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, module, args, needle):

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int, Shaped
 from attnjax.functional import sharded
 from attnjax.functional._checks import check_choice
 from attnjax.functional._types import ArrayT, Scalar
-from attnjax.functional.backends import IMPLEMENTATIONS, REGISTRY, Backend
+from attnjax.functional.backends import REGISTRY, Backend
 from attnjax.functional.call import Call, Result, make_call
 from attnjax.functional.masking import Masking, Window
 
@@ -213,7 +213,7 @@ def _jitted(name: str):
 
 
 def _checked(implementation: str, call: Call) -> Backend:
-    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    check_choice("implementation", implementation, tuple(REGISTRY))
     backend = REGISTRY[implementation]
     unsupported = backend.why_unsupported(call)
     if unsupported:
