@@ -45,6 +45,9 @@ def _cudnn_unsupported(call: Call) -> str | None:
             f"head width H={width} (query {call.query.shape}); cudnn needs a multiple of 8, "
             f"at most {_max_cudnn_width()} on this GPU (128 before Hopper)"
         )
+    if call.q_len % 2 or call.k_len % 2:
+        # jax's cudnn gradient treats every call as biased and refuses odd lengths for it.
+        return f"T={call.q_len}, S={call.k_len} (cudnn's backward needs both even)"
     window = call.masking.window
     if window is not None and window[1] > 0 and not call.masking.is_causal:
         return (
