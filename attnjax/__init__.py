@@ -7,7 +7,7 @@ are imported on first use, so ``import attnjax`` stays light:
 ``attnjax.accounting`` (parameter/FLOP/memory counts), ``attnjax.analysis`` (patterns, head
 scores, circuits), ``attnjax.pretrained`` (safetensors checkpoints), ``attnjax.data`` (tasks
 that need attention), ``attnjax.training`` (train loop, checkpoints, sweeps), ``attnjax.viz``
-(figures).
+(figures), ``attnjax.aot`` (compiling for TPU/GPU topologies without the device).
 """
 
 import importlib
@@ -32,7 +32,7 @@ from attnjax.models import DecoderLM, Encoder, ModelConfig, TransformerBlock, gr
 
 __version__ = "0.1.0"
 
-_LAZY_SUBPACKAGES = ("accounting", "analysis", "data", "pretrained", "training", "viz")
+_LAZY_SUBPACKAGES = ("accounting", "aot", "analysis", "data", "pretrained", "training", "viz")
 
 __all__ = [
     "MLP",
@@ -44,6 +44,7 @@ __all__ = [
     "TransformerBlock",
     "accounting",
     "alibi_bias",
+    "aot",
     "analysis",
     "apply_rope",
     "attend",

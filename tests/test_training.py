@@ -128,7 +128,8 @@ def test_reuse_host_memory_switch(tiny_training, monkeypatch):
     monkeypatch.setattr(step_lib, "reuse_freed_host_memory", lambda: calls.append(1) or True)
     step_lib.make_train_step(split.graphdef, split.rest, tx, reuse_host_memory=False)
     step_lib.make_eval_step(split.eval_graphdef, split.rest, reuse_host_memory=False)
-    assert calls == []
+    step_lib.make_train_step(split.graphdef, split.rest, tx, platform="tpu")  # compiled for TPU
+    assert calls == [] and step_lib.compiler_options("tpu") is None
     step_lib.make_train_step(split.graphdef, split.rest, tx)
     step_lib.make_eval_step(split.eval_graphdef, split.rest)
     assert len(calls) == (2 if jax.default_backend() == "cpu" else 0)

@@ -149,6 +149,7 @@ def make_train_step(
     dropout_seed: int | None = None,
     state_sharding=None,
     reuse_host_memory: bool = True,
+    platform: str | None = None,
 ) -> Callable:
     """The jitted step ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
@@ -156,6 +157,8 @@ def make_train_step(
     ``(dropout_seed, step)`` so a resumed run draws the same masks. ``state_sharding`` pins the
     output state to the input's sharding (for meshes). ``reuse_host_memory``: on CPU, call
     ``reuse_freed_host_memory()`` (process-wide; pass False to leave malloc as it is).
+    ``platform``: the platform the step is compiled for when not JAX's default backend (a
+    deviceless compile for ``"tpu"`` or ``"cuda"``); it picks the compiler options.
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -174,7 +177,9 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state), metrics
 
     out_shardings = None if state_sharding is None else (state_sharding, None)
-    return _jit_step(step, reuse_host_memory, donate_argnums=0, out_shardings=out_shardings)
+    return _jit_step(
+        step, reuse_host_memory, platform, donate_argnums=0, out_shardings=out_shardings
+    )
 
 
 def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = True) -> Callable:
@@ -187,8 +192,11 @@ def make_eval_step(graphdef: nnx.GraphDef, rest, *, reuse_host_memory: bool = Tr
     return _jit_step(step, reuse_host_memory)
 
 
-def _jit_step(step: Callable, reuse_host_memory: bool, **jit_kwargs) -> Callable:
+def _jit_step(
+    step: Callable, reuse_host_memory: bool, platform: str | None = None, **jit_kwargs
+) -> Callable:
     """``jax.jit`` with the steps' compiler options, after the malloc setting on CPU."""
-    if reuse_host_memory and jax.default_backend() == "cpu":
+    platform = jax.default_backend() if platform is None else platform
+    if reuse_host_memory and platform == "cpu":
         reuse_freed_host_memory()
-    return jax.jit(step, compiler_options=compiler_options(), **jit_kwargs)
+    return jax.jit(step, compiler_options=compiler_options(platform), **jit_kwargs)
