@@ -3,6 +3,7 @@
     python -m tests._aot_compile attention tpu v5e:2x2
     python -m tests._aot_compile attention cuda h200
     python -m tests._aot_compile train_step tpu v5e:2x2
+    python -m tests._aot_compile gpu_targets cuda all
 
 Prints one JSON line: for every implementation and mesh, what the compiled program holds.
 Loads libtpu or the CUDA plugin: run it only under ``unshare -n`` (see test_aot.py).
@@ -84,6 +85,19 @@ def attention(platform: str, name: str) -> dict:
     return results
 
 
+def gpu_targets() -> dict:
+    """Every committed GPU target on one device: its name and whether cuDNN attention compiles."""
+    results = {}
+    for target in aot.GPU_TARGETS:
+        devices = aot.gpu_topology(target, 1).devices
+        mesh = aot.mesh(devices)
+        q = aot.sharded_struct((B, T, N, H), jnp.bfloat16, mesh)
+        k = aot.sharded_struct((B, T, K, H), jnp.bfloat16, mesh)
+        text = aot.compile(_fwd_bwd(None), q, k, k).as_text()
+        results[target] = dict(device_kind=devices[0].device_kind, kernels=aot.kernels(text))
+    return results
+
+
 def train_step(platform: str, name: str) -> dict:
     from attnjax.aot.steps import compile_train_step
     from configs import sweep
@@ -106,4 +120,7 @@ def train_step(platform: str, name: str) -> dict:
 
 if __name__ == "__main__":
     what, platform, name = sys.argv[1:4]
-    print(json.dumps({"attention": attention, "train_step": train_step}[what](platform, name)))
+    if what == "gpu_targets":
+        print(json.dumps(gpu_targets()))
+    else:
+        print(json.dumps({"attention": attention, "train_step": train_step}[what](platform, name)))

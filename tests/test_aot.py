@@ -94,6 +94,15 @@ def test_h200_attention_compiles_per_shard_with_cudnn():
     _check_attention(_compile("attention", "cuda", "h200"), "cuda")
 
 
+def test_every_gpu_target_config_parses_and_compiles_cudnn_attention():
+    results = _compile("gpu_targets", "cuda", "all")
+    cudnn = {"pallas_tpu": False, "cudnn": True}
+    assert results == {
+        "h100": {"device_kind": "NVIDIA H100 80GB HBM3", "kernels": cudnn},
+        "h200": {"device_kind": "NVIDIA H200 141GB HBM3e", "kernels": cudnn},
+    }
+
+
 def test_default_sweep_train_step_compiles_for_v5e_with_pallas():
     results = _compile("train_step", "tpu", "v5e:2x2")
     assert set(results) == {"data=4,model=1", "data=2,model=2"}
