@@ -114,21 +114,26 @@ def compile(fn: Callable, *args, **jit_kwargs):
     return jax.jit(fn, **jit_kwargs).lower(*args).compile()
 
 
-_GATHER = re.compile(r"=\s*(\w+)\[([\d,]*)\][^=]*?\ball-gather(?:-start)?\((\w+)\[([\d,]*)\]")
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
+_GATHER = re.compile(r"\ball-gather(?:-start)?\(([^)]*)\)")
 
 
 def all_gathers(hlo_text: str, operand_shapes: Sequence[tuple[int, ...]] | None = None) -> int:
     """How many all-gathers compiled HLO text holds; with ``operand_shapes``, only those that
     gather an operand of one of these (per-device) shapes, e.g. the shards of q, k and v."""
+    shapes = {}  # instruction name -> array shape (compiled HLO prints operands by name)
+    for line in hlo_text.splitlines():
+        match = _DEFINITION.match(line)
+        if match:
+            shapes[match.group(1)] = _dims(match.group(2))
+    wanted = None if operand_shapes is None else {tuple(s) for s in operand_shapes}
     count = 0
     for line in hlo_text.splitlines():
-        if "all-gather" not in line or "all-gather-done" in line:
-            continue
         match = _GATHER.search(line)
-        if operand_shapes is None:
-            count += bool(match) or " all-gather(" in line
+        if not match:
             continue
-        if match and _dims(match.group(4)) in {tuple(s) for s in operand_shapes}:
+        operands = [op.strip().split()[-1].lstrip("%") for op in match.group(1).split(",")]
+        if wanted is None or any(shapes.get(op) in wanted for op in operands if op):
             count += 1
     return count
 
