@@ -303,7 +303,8 @@ def test_default_implementation_is_blocked_on_cpu_and_logged_once(key, caplog):
     np.testing.assert_array_equal(default, blocked_out)
     messages = [r.getMessage() for r in caplog.records if "implementation=None" in r.getMessage()]
     assert messages == [
-        "attnjax.dot_product_attention: implementation=None runs 'blocked' on every platform"
+        "attnjax.dot_product_attention: implementation=None runs 'pallas_tpu' on tpu, "
+        "'blocked' elsewhere"
     ]
 
 
