@@ -45,9 +45,6 @@ def _cudnn_unsupported(call: Call) -> str | None:
             f"head width H={width} (query {call.query.shape}); cudnn needs a multiple of 8, "
             f"at most {_max_cudnn_width()} on this GPU (128 before Hopper)"
         )
-    if call.q_len % 2 or call.k_len % 2:
-        # jax's cudnn gradient treats every call as biased and refuses odd lengths for it.
-        return f"T={call.q_len}, S={call.k_len} (cudnn's backward needs both even)"
     window = call.masking.window
     if window is not None and window[1] > 0 and not call.masking.is_causal:
         return (
@@ -58,6 +55,14 @@ def _cudnn_unsupported(call: Call) -> str | None:
         return (
             "cuDNN is not detected (it needs an NVIDIA GPU or, to compile for one, the CUDA plugin)"
         )
+    return None
+
+
+def _odd_lengths(call: Call) -> str | None:
+    """Not chosen automatically for odd T or S: jax's cudnn gradient treats every call as
+    biased and refuses odd lengths then (the forward pass runs)."""
+    if call.q_len % 2 or call.k_len % 2:
+        return f"T={call.q_len}, S={call.k_len} (cudnn's backward needs both even)"
     return None
 
 
@@ -165,6 +170,7 @@ CUDNN = Backend(
     name="cudnn",
     run=_cudnn,
     unsupported=_cudnn_unsupported,
+    not_automatic=_odd_lengths,
     gives_lse=True,
     platforms=("cuda",),
     instead="'xla', 'blocked' or 'einsum'",
