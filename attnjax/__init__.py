@@ -8,7 +8,8 @@ are imported on first use, so ``import attnjax`` stays light:
 scores, circuits), ``attnjax.pretrained`` (safetensors checkpoints), ``attnjax.data`` (tasks
 that need attention), ``attnjax.training`` (train loop, checkpoints, sweeps), ``attnjax.viz``
 (figures), ``attnjax.perf`` (opt-in CPU tuning for launchers; nothing runs on import),
-``attnjax.bench`` (speed and memory against peers).
+``attnjax.bench`` (speed and memory against peers), ``attnjax.aot`` (compiling for TPU/GPU
+topologies without the device).
 """
 
 import importlib
@@ -34,7 +35,7 @@ from attnjax.models import DecoderLM, Encoder, ModelConfig, TransformerBlock, gr
 __version__ = "0.1.0"
 
 _LAZY_SUBPACKAGES = (
-    "accounting", "analysis", "bench", "data", "perf", "pretrained", "training", "viz",
+    "accounting", "analysis", "aot", "bench", "data", "perf", "pretrained", "training", "viz",
 )  # fmt: skip
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TransformerBlock",
     "accounting",
     "alibi_bias",
+    "aot",
     "analysis",
     "apply_rope",
     "attend",

@@ -271,18 +271,26 @@ def test_choose_implementation_per_backend(key, monkeypatch):
     assert choose(q, k, v, dropout_rate=0.1, platform="gpu") == "einsum"
     # cuDNN only for what it supports (float16/bfloat16 here); float32 stays blocked on GPU.
     assert choose(q, k, v, platform="gpu") == "blocked"
-    half = [x.astype(jnp.bfloat16) for x in qkv(key, width=16, value_width=16)]
+    # cuDNN needs even T and S (jax's cudnn gradient refuses odd ones).
+    half = qkv(key, q_len=36, k_len=44, width=16, value_width=16)
+    half, odd = (
+        [x.astype(jnp.bfloat16) for x in xs] for xs in (half, qkv(key, width=16, value_width=16))
+    )
     monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: False)  # no CUDA plugin
     assert choose(*half, platform="gpu") == "blocked"
     monkeypatch.setattr(jax_nn_backends, "cudnn_available", lambda: True)
     assert choose(*half, platform="gpu") == "cudnn"
+    assert choose(*odd, platform="gpu") == "blocked"
     assert choose(*half, platform="cpu") == "blocked"
-    # The Pallas TPU kernel needs T, S multiples of 128 and no mask argument.
+    # The Pallas TPU kernel takes any T, S (padded to its blocks of 128), no mask argument
+    # and no window.
     long = qkv(key, q_len=128, k_len=256, value_width=8)
     assert choose(*long, platform="tpu") == "pallas_tpu"
-    assert choose(q, k, v, platform="tpu") == "blocked"
+    assert choose(q, k, v, platform="tpu") == "pallas_tpu"
     masked = Masking(mask=jnp.ones((1, 1, 128, 256), bool))
     assert choose(*long, masking=masked, platform="tpu") == "blocked"
+    windowed = Masking(is_causal=True, window=(16, 0))
+    assert choose(*long, masking=windowed, platform="tpu") == "blocked"
 
 
 def test_default_implementation_is_blocked_on_cpu_and_logged_once(key, caplog):
@@ -295,7 +303,8 @@ def test_default_implementation_is_blocked_on_cpu_and_logged_once(key, caplog):
     np.testing.assert_array_equal(default, blocked_out)
     messages = [r.getMessage() for r in caplog.records if "implementation=None" in r.getMessage()]
     assert messages == [
-        "attnjax.dot_product_attention: implementation=None runs 'blocked' on every platform"
+        "attnjax.dot_product_attention: implementation=None runs 'pallas_tpu' on tpu, "
+        "'blocked' elsewhere"
     ]
 
 
@@ -362,6 +371,30 @@ def test_pallas_tpu_kernel_in_interpret_mode(key):
     np.testing.assert_allclose(out, want, atol=2e-5)
     assert float(jnp.abs(out[:, 60:70]).max()) == 0.0
     for g, w in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=5e-5)
+
+
+def test_pallas_tpu_pads_lengths_that_are_not_multiples_of_its_block(key):
+    """T=23, S=30 run in one padded block of 128 (interpret mode); padding sees nothing."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    q, k, v = qkv(key, batch=2, q_len=23, k_len=30, heads=2, kv_heads=1, width=8, value_width=8)
+    kwargs = dict(is_causal=True, key_value_seq_lengths=jnp.array([30, 11]))
+
+    def loss(implementation):
+        def f(q, k, v):
+            out = attnjax.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
+            return (out * jnp.cos(out)).sum(), out
+
+        return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)
+
+    with pltpu.force_tpu_interpret_mode():
+        (_, out), grads = loss("pallas_tpu")(q, k, v)
+    (_, want), want_grads = loss("vmap")(q, k, v)
+    assert out.shape == want.shape == (2, 23, 2, 8)
+    np.testing.assert_allclose(out, want, atol=2e-5)
+    for g, w in zip(grads, want_grads, strict=True):
+        assert g.shape == w.shape
         np.testing.assert_allclose(g, w, atol=5e-5)
 
 

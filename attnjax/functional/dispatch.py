@@ -152,7 +152,7 @@ def choose_implementation(
 
     - A returned pattern or dropout needs the grid: ``"einsum"``.
     - NVIDIA GPU: ``"cudnn"`` where it supports the call (float16/bfloat16, H a multiple of 8,
-      cuDNN present, ...), else ``"blocked"``.
+      cuDNN present, ...) and T, S are even (its gradient needs it), else ``"blocked"``.
     - TPU: ``"pallas_tpu"`` where it supports the call, else ``"blocked"``.
     - Otherwise (CPU): ``"blocked"``, which measured faster than the alternatives there
       (``attnjax.bench``) and never needs O(T²) memory.
@@ -175,7 +175,8 @@ def _candidates(call: Call) -> dict[str, Backend]:
     choices = {"default": blocked}
     for backend in REGISTRY.values():
         for platform in backend.platforms or ():
-            if platform not in choices and not backend.why_unsupported(call):
+            runs = not backend.why_unsupported(call) and not backend.not_automatic(call)
+            if platform not in choices and runs:
                 choices[platform] = backend
     return choices
 

@@ -23,16 +23,18 @@ class Backend:
     """One implementation of attention.
 
     ``run(call) -> Result``; ``unsupported(call)`` gives the reason it cannot run a call (the
-    text of the ``ValueError``) or None. ``gives_pattern``, ``gives_lse`` and
-    ``supports_dropout`` say what it can return or do; ``per_shard`` that XLA cannot
-    partition it, so under a mesh it runs per shard through ``jax.shard_map``; ``platforms``
-    the lowering platforms it runs on (None: every one); ``instead`` what to suggest when it
-    cannot run a call.
+    text of the ``ValueError``) or None; ``not_automatic(call)`` a reason
+    ``implementation=None`` passes it over for a call it can run when asked (or None).
+    ``gives_pattern``, ``gives_lse`` and ``supports_dropout`` say what it can return or do;
+    ``per_shard`` that XLA cannot partition it, so under a mesh it runs per shard through
+    ``jax.shard_map``; ``platforms`` the lowering platforms it runs on (None: every one);
+    ``instead`` what to suggest when it cannot run a call.
     """
 
     name: str
     run: Callable[[Call], Result]
     unsupported: Callable[[Call], str | None] = _supports_all
+    not_automatic: Callable[[Call], str | None] = _supports_all
     gives_pattern: bool = False
     gives_lse: bool = False
     supports_dropout: bool = False

@@ -58,6 +58,14 @@ def _cudnn_unsupported(call: Call) -> str | None:
     return None
 
 
+def _odd_lengths(call: Call) -> str | None:
+    """Not chosen automatically for odd T or S: jax's cudnn gradient treats every call as
+    biased and refuses odd lengths then (the forward pass runs)."""
+    if call.q_len % 2 or call.k_len % 2:
+        return f"T={call.q_len}, S={call.k_len} (cudnn's backward needs both even)"
+    return None
+
+
 @functools.cache
 def cudnn_available() -> bool:
     """Whether ``jax.nn``'s cuDNN attention can be traced in this process."""
@@ -162,6 +170,7 @@ CUDNN = Backend(
     name="cudnn",
     run=_cudnn,
     unsupported=_cudnn_unsupported,
+    not_automatic=_odd_lengths,
     gives_lse=True,
     platforms=("cuda",),
     instead="'xla', 'blocked' or 'einsum'",

@@ -2,7 +2,8 @@
 
 It takes ``[B, N, T, H]`` with equal head counts, causality and segment ids, in blocks of
 128. Grouped-query heads are repeated; lengths become segment ids (``Masking``'s
-``kernel_segment_ids``). Off TPU it runs only under
+``kernel_segment_ids``); T and S are padded up to multiples of 128 with ids that match
+nothing, and the padded query rows dropped. Off TPU it runs only under
 ``jax.experimental.pallas.tpu.force_tpu_interpret_mode()``; elsewhere Pallas refuses to lower
 it ("Only interpret mode is supported on CPU backend"). XLA cannot partition a Mosaic kernel,
 so under a mesh it runs per shard.
@@ -25,9 +26,15 @@ def _unsupported(call: Call) -> str | None:
         return "a mask or bias argument (pass padding as seq lengths, packing as segment ids)"
     if masking.window is not None:
         return "local_window_size"
-    if call.q_len % _BLOCK or call.k_len % _BLOCK:
-        return f"T={call.q_len}, S={call.k_len} (both must be multiples of {_BLOCK})"
     return None
+
+
+def _padded(x, axis: int, value=0):
+    """``x`` padded at the end of ``axis`` up to a multiple of the kernel's block."""
+    extra = -x.shape[axis] % _BLOCK
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value) if extra else x
 
 
 def _run(call: Call) -> Result:
@@ -37,14 +44,17 @@ def _run(call: Call) -> Result:
     # The kernel has no GQA: repeat each key/value head for the G query heads that share it.
     key, value = (jnp.repeat(x, group, axis=2) for x in (call.key, call.value))
     q_ids, kv_ids = call.masking.kernel_segment_ids(call.batch, call.q_len, call.k_len)
-    heads_first = [jnp.swapaxes(x, 1, 2) for x in (call.query, key, value)]
+    # Padded queries (id -1) and keys (id -2) match nothing; keys at the end stay causal.
+    q_ids, kv_ids = _padded(q_ids, 1, -1), _padded(kv_ids, 1, -2)
+    heads_first = [jnp.swapaxes(_padded(x, 1), 1, 2) for x in (call.query, key, value)]
     out = pallas_flash.flash_attention(
         *heads_first,
         segment_ids=pallas_flash.SegmentIds(q=q_ids, kv=kv_ids),
         causal=call.masking.is_causal,
         sm_scale=call.scale,
     )
-    out = jnp.swapaxes(out, 1, 2)
+    out = jnp.swapaxes(out, 1, 2)[:, : call.q_len]
+    q_ids, kv_ids = q_ids[:, : call.q_len], kv_ids[:, : call.k_len]
     # The kernel averages all values for a row with no allowed key; define it as zeros.
     sees_a_key = _rows_with_a_key(q_ids, kv_ids, call.masking.is_causal)
     return Result(jnp.where(sees_a_key[:, :, None, None], out, 0).astype(call.value.dtype))
