@@ -41,3 +41,12 @@ def test_a_registered_backend_for_a_platform_becomes_the_automatic_choice(monkey
     q = np.ones((1, 4, 2, 8), np.float32)
     assert attnjax.functional.choose_implementation(q, q, q, platform="cpu") == "my_cpu_kernel"
     assert attnjax.functional.choose_implementation(q, q, q, platform="tpu") != "my_cpu_kernel"
+
+
+def test_pallas_is_not_chosen_for_a_value_width_it_cannot_take():
+    q = np.ones((1, 8, 2, 16), np.float32)
+    v = np.ones((1, 8, 2, 24), np.float32)
+    assert attnjax.functional.choose_implementation(q, q, q, platform="tpu") == "pallas_tpu"
+    assert attnjax.functional.choose_implementation(q, q, v, platform="tpu") == "blocked"
+    with pytest.raises(ValueError, match="value width R=24 unlike the query/key width H=16"):
+        attnjax.dot_product_attention(q, q, v, implementation="pallas_tpu")

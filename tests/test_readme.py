@@ -49,8 +49,17 @@ def test_readme_has_the_blocks_this_file_checks():
     assert README.startswith("# attnjax\n\n```bash\nuv run python -m experiments.sweep\n")
 
 
-@pytest.mark.parametrize("code", PYTHON_BLOCKS, ids=_first_line)
+def _needs_group(code: str):
+    """Blocks that compile for TPU need the ``tpu`` group: they run with the ``aot`` tests."""
+    return [pytest.mark.aot] if "attnjax.aot" in code or "from attnjax import aot" in code else []
+
+
+@pytest.mark.parametrize(
+    "code", [pytest.param(c, marks=_needs_group(c), id=_first_line(c)) for c in PYTHON_BLOCKS]
+)
 def test_python_block_runs_as_written(code, tmp_path, monkeypatch):
+    if _needs_group(code):
+        pytest.importorskip("libtpu", reason="needs libtpu: `uv sync --locked --group tpu`")
     monkeypatch.chdir(tmp_path)  # blocks may write figures
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code

@@ -26,6 +26,9 @@ def _unsupported(call: Call) -> str | None:
         return "a mask or bias argument (pass padding as seq lengths, packing as segment ids)"
     if masking.window is not None:
         return "local_window_size"
+    value_width, query_width = call.value.shape[-1], call.query.shape[-1]
+    if value_width != query_width:
+        return f"a value width R={value_width} unlike the query/key width H={query_width}"
     return None
 
 
