@@ -294,7 +294,7 @@ def test_choose_implementation_per_backend(key, monkeypatch):
 
 
 def test_default_implementation_is_blocked_on_cpu_and_logged_once(key, caplog):
-    q, k, v = qkv(key)
+    q, k, v = qkv(key, value_width=8)  # R = H: the Pallas kernel takes it on TPU
     attnjax.functional.dispatch._logged.clear()
     with caplog.at_level("INFO", logger="attnjax"):
         default = attnjax.dot_product_attention(q, k, v, is_causal=True)
