@@ -22,14 +22,7 @@ def compile_train_step(config, mesh: Mesh, *, platform: str, compiler_options=No
     """
     task, model_config = loop.check_run_config(config)
     split = state.init_model(model_config, config.train.seed)
-    train = config.train
-    tx = state.make_optimizer(
-        learning_rate=train.lr,
-        steps=train.steps,
-        warmup_steps=train.warmup,
-        weight_decay=train.weight_decay,
-        clip_norm=train.clip,
-    )
+    tx = loop.optimizer_for(config.train)
     train_state = jax.eval_shape(lambda p: state.init_train_state(p, tx), split.params)
     shardings = sharding.state_shardings(train_state, mesh)
     train_state = jax.tree.map(_placed, train_state, shardings)

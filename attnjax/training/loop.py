@@ -42,6 +42,7 @@ __all__ = [
     "check_run_config",
     "check_same_config",
     "model_config_for",
+    "optimizer_for",
     "prepare_workdir",
     "results_description",
     "train_and_evaluate",
@@ -186,7 +187,8 @@ _POSITIVE_TRAIN_INTS = (
 )  # fmt: skip
 
 
-def _optimizer_of(train):
+def optimizer_for(train):
+    """The optimizer of a run config's ``train`` section (lr, steps, warmup, decay, clip)."""
     return make_optimizer(
         learning_rate=train.lr,
         steps=train.steps,
@@ -201,7 +203,7 @@ def _check_train_config(train) -> None:
         as_int(f"train.{name}", train[name], minimum=1)
     as_int("train.seed", train.seed, minimum=0)
     as_int("train.warmup", train.warmup, minimum=0)
-    _optimizer_of(train)  # learning rate, clipping, warmup < steps, weight decay
+    optimizer_for(train)  # learning rate, clipping, warmup < steps, weight decay
 
 
 def _check_mesh(config) -> None:
@@ -285,7 +287,7 @@ def train_and_evaluate(
     options = None if compiler_options is None else compiler_options(mesh.devices.flat[0].platform)
 
     split = init_model(model_config, train.seed)
-    tx = _optimizer_of(train)
+    tx = optimizer_for(train)
     state = init_train_state(split.params, tx)
     shardings = sharding_lib.state_shardings(state, mesh)
     state = _place(state, shardings)
