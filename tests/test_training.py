@@ -614,11 +614,12 @@ def test_merge_lists_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatc
 
 
 def test_sweep_checks_build_the_task_once(tmp_path, monkeypatch):
-    from attnjax.training import loop
+    from attnjax.training import loop, run_config
 
     built = []
-    build = loop.build_task
+    build = run_config.build_task
     counting = lambda config, **kw: built.append(kw) or build(config, **kw)
+    monkeypatch.setattr(run_config, "build_task", counting)
     monkeypatch.setattr(loop, "build_task", counting)
     monkeypatch.setattr(sweep_lib, "build_task", counting)
     monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)

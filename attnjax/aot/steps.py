@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from attnjax.training import loop, sharding, state, step
+from attnjax.training import run_config, sharding, state, step
 
 __all__ = ["compile_train_step"]
 
@@ -20,9 +20,9 @@ def compile_train_step(config, mesh: Mesh, *, platform: str, compiler_options=No
     ``compiler_options(platform)`` gives the step's XLA options, as in ``train_and_evaluate``
     (None: XLA's own). Returns the compiled step.
     """
-    task, model_config = loop.check_run_config(config)
+    task, model_config = run_config.check_run_config(config)
     split = state.init_model(model_config, config.train.seed)
-    tx = loop.optimizer_for(config.train)
+    tx = run_config.optimizer_for(config.train)
     train_state = jax.eval_shape(lambda p: state.init_train_state(p, tx), split.params)
     shardings = sharding.state_shardings(train_state, mesh)
     train_state = jax.tree.map(_placed, train_state, shardings)

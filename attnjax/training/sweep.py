@@ -32,16 +32,15 @@ from absl import logging
 from attnjax import paths
 from attnjax.functional._checks import as_int, as_ints, check_choice
 from attnjax.models import FIXED, ModelConfig, point_config
-from attnjax.training.files import atomic_write_text, claim
-from attnjax.training.loop import (
+from attnjax.training.files import atomic_write_text, claim, prepare_workdir
+from attnjax.training.loop import train_and_evaluate
+from attnjax.training.progress import progress_bar
+from attnjax.training.run_config import (
     build_task,
     check_run_config,
     check_same_config,
-    prepare_workdir,
     results_description,
-    train_and_evaluate,
 )
-from attnjax.training.progress import progress_bar
 
 __all__ = [
     "COLUMNS",
