@@ -38,11 +38,18 @@ def tile_scores(masking: Masking, scale: float, num_kv_heads: int, q_tile, k_til
     return where(allowed, scores, MASKED), allowed
 
 
-def normalized(moved, row_max, row_sum):
-    """``(out, lse)`` from a row's weighted value sum, score maximum and probability sum."""
-    seen = row_sum > 0
+def normalized(moved, row_max, row_sum, seen=None):
+    """``(out, lse)`` from a row's weighted value sum, score maximum and probability sum;
+    ``seen`` (default ``row_sum > 0``): whether the row has an allowed key; rows that have
+    none get output 0 and ``lse = -inf``."""
+    # Given ``seen``, masked probabilities were not zeroed: an unseen row (max ``MASKED``)
+    # moved values weighted by exp(MASKED - MASKED) = 1, so its output is zeroed here.
+    zero_unseen = seen is not None
+    seen = row_sum > 0 if seen is None else seen
     safe_sum = jnp.where(seen, row_sum, 1.0)
     out = moved / safe_sum[..., None]
+    if zero_unseen:
+        out = jnp.where(seen[..., None], out, 0.0)
     return out, jnp.where(seen, row_max + jnp.log(safe_sum), -jnp.inf)
 
 
