@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import html as html_lib
 import json
 import pathlib
@@ -40,6 +41,7 @@ from jaxtyping import Float
 
 from attnjax.analysis.patterns import AttentionPatterns
 from attnjax.analysis.tiles import pattern_tile
+from attnjax.functional import Masking
 from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
 
@@ -94,8 +96,11 @@ class PatternRows:
         k = _top_k(top_k, length)
         if k is None:
             return cls(tokens, _quantise(patterns), None)
-        indices = np.argsort(-patterns, axis=-1, kind="stable")[..., :k]
+        indices = np.argpartition(-patterns, k - 1, axis=-1)[..., :k]
         values = np.take_along_axis(patterns, indices, axis=-1)
+        order = np.argsort(-values, axis=-1, kind="stable")  # largest first
+        indices = np.take_along_axis(indices, order, axis=-1)
+        values = np.take_along_axis(values, order, axis=-1)
         return cls(tokens, _quantise(values), indices.astype(np.uint16), _kept(values))
 
     @classmethod
@@ -122,7 +127,7 @@ class PatternRows:
                 f"queries, keys and lses need one entry per layer, got {len(queries)}, "
                 f"{len(keys)}, {len(lses)}"
             )
-        length, heads = queries[0].shape[1], queries[0].shape[2]
+        length = queries[0].shape[1]
         if keys[0].shape[1] != length:
             raise ValueError(f"keys must have T={length} positions, got {keys[0].shape[1]}")
         top_k = as_int("top_k", top_k, minimum=1)
@@ -130,19 +135,15 @@ class PatternRows:
         k = min(top_k, length)
         _check_length(length)
         tokens = _tokens(tokens, length)
-        values = np.zeros((len(queries), heads, length, k), np.float32)
-        indices = np.zeros((len(queries), heads, length, k), np.uint16)
-        for layer, (q, key, lse) in enumerate(zip(queries, keys, lses)):
-            for head in range(heads):
-                for start in range(0, length, block):
-                    rows = slice(start, min(start + block, length))
-                    tile = pattern_tile(
-                        q, key, lse, batch=batch, head=head, queries=rows, scale=scale,
-                        masking=masking,
-                    )  # fmt: skip
-                    top, where = jax.lax.top_k(jnp.asarray(tile), k)
-                    values[layer, head, rows] = np.asarray(top)
-                    indices[layer, head, rows] = np.asarray(where)
+        masking = Masking() if masking is None else masking
+        values, indices = [], []
+        for q, key, lse in zip(queries, keys, lses):
+            top, where = _layer_top_k(
+                q, key, lse, masking, batch=batch, top_k=k, block=block, scale=scale
+            )
+            values.append(np.asarray(top))
+            indices.append(np.asarray(where, np.uint16))
+        values, indices = np.stack(values), np.stack(indices)
         return cls(tokens, _quantise(values), indices, _kept(values))
 
     def value(self, layer: int, head: int, query: int, key: int) -> float:
@@ -168,6 +169,26 @@ class PatternRows:
         if self.indices is not None:
             data["indices"] = _b64(self.indices.astype("<u2"))
         return data
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "top_k", "block", "scale"))
+def _layer_top_k(query, key, lse, masking, *, batch, top_k, block, scale):
+    """[N, T, k] largest weights and their keys, one ``pattern_tile`` of ``block`` rows at a
+    time (one compiled program per layer shape; each tile is reduced before the next)."""
+    num_heads, length = query.shape[2], query.shape[1]
+    values, indices = [], []
+    for head in range(num_heads):
+        for start in range(0, length, block):
+            rows = slice(start, min(start + block, length))
+            tile = pattern_tile(
+                query, key, lse, batch=batch, head=head, queries=rows, scale=scale,
+                masking=masking,
+            )  # fmt: skip
+            top, where = jax.lax.top_k(tile, top_k)
+            values.append(top)
+            indices.append(where)
+    shape = (num_heads, length, top_k)
+    return jnp.concatenate(values).reshape(shape), jnp.concatenate(indices).reshape(shape)
 
 
 def _tokens(tokens: Sequence[str] | None, length: int) -> tuple[str, ...]:
