@@ -52,6 +52,7 @@ __all__ = [
     "head_view",
     "model_view",
     "pattern_view",
+    "save_word_in_context_views",
     "word_view",
 ]
 
@@ -371,6 +372,21 @@ def word_view(result: Any, title: str | None = None) -> HtmlView:
     }
     title = title or f"{result.word!r} in context"
     return HtmlView(title, data, height=200 + 90 * len(result.sentences) + 60 * len(focus))
+
+
+def save_word_in_context_views(result: Any, folder: str | pathlib.Path) -> list[pathlib.Path]:
+    """Pages for an ``analysis.word_in_context`` result in ``folder``: per sentence ``i``
+    ``s{i}_model_view.html`` and ``s{i}_head_view.html``, then ``{word}_in_context.html``."""
+    folder = pathlib.Path(folder)
+    pages = []
+    for i, sentence in enumerate(result.sentences):
+        model = model_view(result.patterns, i, title=f"Every layer and head: {sentence!r}")
+        heads = head_view(result.patterns, i, title=f"Head view: {sentence!r}")
+        pages.append(model.save(folder / f"s{i}_model_view.html"))
+        pages.append(heads.save(folder / f"s{i}_head_view.html"))
+    name = "".join(c if c.isalnum() else "_" for c in result.word)
+    pages.append(word_view(result).save(folder / f"{name}_in_context.html"))
+    return pages
 
 
 _CSS = """
