@@ -153,7 +153,7 @@
     const row = el("div", { style: "display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start" }, app);
     const grid = el("table", { class: "grid" }, row);
     const heat = Heatmap(row, R, D.tokens);
-    const size = Math.max(24, Math.min(64, Math.floor(720 / D.N)));
+    const size = Math.max(20, Math.min(64, Math.floor(540 / D.N)));
     const head = el("tr", {}, grid);
     el("th", {}, head);
     for (let h = 0; h < D.N; h++) el("th", {}, head, `h${h}`);
@@ -319,5 +319,6 @@
 
   if (D.view === "word") wordView();
   else ({ model: modelView, pattern: patternView, head: headView })[D.view](Rows(D));
+  document.body.dataset.readyMs = performance.now().toFixed(1);
   document.body.dataset.ready = "1";
 })();

@@ -394,7 +394,7 @@ body{font:13px/1.35 system-ui,sans-serif;margin:12px;color:#222;background:#fff}
 h1{font-size:16px;margin:0 0 8px}.note{color:#666;margin:4px 0 8px}
 .grid{border-collapse:collapse}.grid td,.grid th{padding:1px;font-weight:normal;color:#666}
 canvas.cell{display:block;cursor:pointer;border:1px solid #ddd}
-canvas.cell.on{border-color:#d33}
+canvas.cell.on{outline:2px solid #d33}
 .bar{margin:6px 0}.readout{font-family:monospace;min-height:1.4em;margin:4px 0}
 .hv text{cursor:pointer;font-size:13px}.hv text.focus{font-weight:bold;fill:#d33}
 .tok{padding:1px 3px;margin:1px;border-radius:3px;display:inline-block}
