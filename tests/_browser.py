@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

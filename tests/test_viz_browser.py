@@ -197,9 +197,13 @@ def word_result_from_page(browser) -> dict:
 def test_screenshot_is_not_blank(browser, pages):
     from PIL import Image
 
+    browser.cdp(
+        "Emulation.setDeviceMetricsOverride", width=800, height=500, deviceScaleFactor=1,
+        mobile=False,
+    )  # fmt: skip
     open_page(browser, pages["model"])
     image = np.asarray(Image.open(io.BytesIO(browser.screenshot())).convert("RGB"))
-    assert image.shape[0] > 200 and image.shape[1] > 200
+    assert image.shape[:2] == (500, 800)
     not_white = (image < 240).any(axis=-1).mean()
     colours = len(np.unique(image.reshape(-1, 3), axis=0))
     assert not_white > 0.02 and colours > 20, (not_white, colours)
