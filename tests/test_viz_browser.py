@@ -83,8 +83,8 @@ def lines(browser) -> set[tuple[int, int, int]]:
 
 
 def expected_lines(weights, layer: int, query: int) -> set[tuple[int, int, int]]:
-    q8 = np.rint(weights[layer] * 255)  # what the page holds, and the page's 0.02 cut-off
-    return {(query, s, h) for h in range(N) for s in range(T) if q8[h, query, s] / 255 >= 0.02}
+    held = (np.rint(np.sqrt(weights[layer]) * 255) / 255) ** 2  # what the page holds: 8-bit √p
+    return {(query, s, h) for h in range(N) for s in range(T) if held[h, query, s] >= 0.02}
 
 
 def test_pages_load_with_no_request_leaving_them(browser, pages):
@@ -124,7 +124,8 @@ def test_enlarged_head_shows_the_value_under_the_pointer(browser, pages, weights
                           "return [d.textContent, {...d.dataset}]")  # fmt: skip
     text, data = readout
     assert (int(data["query"]), int(data["key"])) == (query, key)
-    assert float(data["value"]) == pytest.approx(weights[layer, head, query, key], abs=0.5 / 255)
+    shown = np.sqrt(float(data["value"]))  # the page holds √p to 8 bits
+    assert shown == pytest.approx(np.sqrt(weights[layer, head, query, key]), abs=0.5 / 255 + 1e-6)
     assert f'"tok{query}"' in text and f'"tok{key}"' in text
 
 

@@ -19,6 +19,8 @@ from attnjax.analysis.word import WordFocus, WordInContext
 from attnjax.functional import Masking
 from attnjax.viz import html
 
+HALF_STEP = 0.5 / 255 + 1e-6  # the page holds round(√p · 255)
+
 
 def random_patterns(rng, shape):
     """Softmax rows of random scores, float64: [..., T, T]."""
@@ -43,8 +45,10 @@ def test_dense_page_holds_every_weight_to_8_bits(key):
     data = page_data(html.model_view(p, tokens=tokens))
     assert (data["L"], data["N"], data["T"], data["k"]) == (2, 3, 9, 0)
     assert data["tokens"] == tokens and "indices" not in data
-    values = decode(data, "values", np.uint8).reshape(p.shape) / 255
-    np.testing.assert_allclose(values, p, atol=0.5 / 255 + 1e-9)
+    small = html.PatternRows.from_patterns(np.full((1, 1, 3, 3), 1e-3), top_k=None)
+    assert small.value(0, 0, 1, 2) == pytest.approx(1e-3, rel=0.05)  # 8 bits of p would give 0
+    root = decode(data, "values", np.uint8).reshape(p.shape) / 255  # 8 bits of √p
+    np.testing.assert_allclose(root, np.sqrt(p), atol=HALF_STEP)
 
 
 def test_long_rows_keep_their_top_k_largest_weights(key):
@@ -54,7 +58,7 @@ def test_long_rows_keep_their_top_k_largest_weights(key):
     expected = np.argsort(-p, axis=-1)[..., :5]  # float64 reference, largest first
     np.testing.assert_array_equal(rows.indices, expected)
     np.testing.assert_allclose(
-        rows.values / 255, np.take_along_axis(p, expected, -1), atol=0.5 / 255 + 1e-9
+        rows.values / 255, np.sqrt(np.take_along_axis(p, expected, -1)), atol=HALF_STEP
     )
     assert rows.kept == pytest.approx(np.sort(p, -1)[..., -5:].sum(-1).mean())
     data = rows.payload()
@@ -63,7 +67,7 @@ def test_long_rows_keep_their_top_k_largest_weights(key):
     key_kept = int(expected[layer, head, query, 2])
     dropped = int(np.argsort(p[layer, head, query])[0])  # the smallest weight: not kept
     assert rows.value(layer, head, query, key_kept) == pytest.approx(
-        p[layer, head, query, key_kept], abs=0.5 / 255 + 1e-9
+        p[layer, head, query, key_kept], abs=2 * HALF_STEP
     )
     assert rows.value(layer, head, query, dropped) == 0.0
 
@@ -152,8 +156,8 @@ def test_attention_patterns_pick_the_example_trimmed_to_its_tokens(key):
     patterns = AttentionPatterns(p, [list("abcde"), list("xyz")], mask, causal=False)
     data = page_data(html.pattern_view(patterns, example=1, layer=1, head=2))
     assert data["tokens"] == ["x", "y", "z"] and (data["layer"], data["head"]) == (1, 2)
-    values = decode(data, "values", np.uint8).reshape(2, 3, 3, 3) / 255
-    np.testing.assert_allclose(values, p[:, 1, :, :3, :3], atol=0.5 / 255 + 1e-9)
+    root = decode(data, "values", np.uint8).reshape(2, 3, 3, 3) / 255
+    np.testing.assert_allclose(root, np.sqrt(p[:, 1, :, :3, :3]), atol=HALF_STEP)
 
 
 @pytest.mark.parametrize(
@@ -189,5 +193,6 @@ def test_from_lse_works_without_a_full_pattern_at_t_4096(key):
     row = np.exp(scores - scores.max())
     row /= row.sum()
     best = np.argsort(-row)[:8]
-    np.testing.assert_allclose(rows.values[0, 0, query] / 255, row[best], atol=0.5 / 255 + 1e-6)
+    root = rows.values[0, 0, query] / 255
+    np.testing.assert_allclose(root, np.sqrt(row[best]), atol=HALF_STEP + 2e-4)
     assert jnp.asarray(rows.indices[0, 0, query, 0]) == best[0]

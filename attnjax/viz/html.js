@@ -22,6 +22,8 @@
   }
 
   // Rows of every layer and head: 8-bit values, dense (k = 0) or top-k with uint16 keys.
+  const SQUARE = Float32Array.from({ length: 256 }, (_, q) => (q / 255) ** 2);  // 8-bit √p → p
+
   function Rows(d) {
     const T = d.T, k = d.k || d.T, v = bytes(d.values);
     const ix = d.k ? new Uint16Array(bytes(d.indices).buffer) : null;
@@ -30,12 +32,12 @@
       T, L: d.L, N: d.N,
       each(l, h, t, f) {  // f(key, weight) for every stored non-zero entry of row t
         const o = off(l, h, t);
-        for (let j = 0; j < k; j++) if (v[o + j]) f(ix ? ix[o + j] : j, v[o + j] / 255);
+        for (let j = 0; j < k; j++) if (v[o + j]) f(ix ? ix[o + j] : j, SQUARE[v[o + j]]);
       },
       get(l, h, t, s) {
         const o = off(l, h, t);
-        if (!ix) return v[o + s] / 255;
-        for (let j = 0; j < k; j++) if (ix[o + j] === s) return v[o + j] / 255;
+        if (!ix) return SQUARE[v[o + s]];
+        for (let j = 0; j < k; j++) if (ix[o + j] === s) return SQUARE[v[o + j]];
         return 0;
       },
     };
@@ -58,8 +60,8 @@
     const off = document.createElement("canvas");
     off.width = off.height = G;
     const octx = off.getContext("2d"), img = octx.createImageData(G, G);
-    for (let i = 0; i < G * G; i++) {  // white → dark blue
-      const p = grid[i];
+    for (let i = 0; i < G * G; i++) {  // white → dark blue, by √p
+      const p = Math.sqrt(grid[i]);
       img.data.set([255 - 247 * p, 255 - 207 * p, 255 - 148 * p, 255], 4 * i);
     }
     octx.putImageData(img, 0, 0);
@@ -145,7 +147,7 @@
   function note(R) {
     const kept = D.k ? `, each row's ${D.k} largest weights (keeping ${(100 * D.kept).toFixed(1)}% of its attention)` : "";
     el("div", { class: "note" }, app,
-      `${D.L} layers × ${D.N} heads, T = ${D.T} tokens${kept}; 8-bit values.`);
+      `${D.L} layers × ${D.N} heads, T = ${D.T} tokens${kept}; 8 bits of √weight, colour ∝ √weight.`);
   }
 
   function modelView(R) {

@@ -12,15 +12,16 @@ Four views, each an ``HtmlView`` that shows itself in Jupyter/Colab (``_repr_htm
 - ``word_view``: one word across sentences (``analysis.word_in_context``): per layer, where it
   looks (mean over heads or one head), its top tokens and the cosine similarity of its vectors.
 
-**What the page holds** (``PatternRows``): attention quantised to 8 bits, ``round(p · 255)``
-(error ≤ 1/510), base64 in one JSON block. Up to ``DENSE_MAX_T`` tokens every row is kept
-(``L·N·T²`` bytes, ×4/3 for base64: 6 layers × 12 heads × T = 128 → 1.6 MB). Longer rows keep
-their ``top_k`` largest entries (default 16) with uint16 key indices, 3·k bytes per row:
-6 × 12 × T = 512 → 2.4 MB; entries not kept read as 0, and the page says what share of each
-row's attention was kept. Long sequences come from ``PatternRows.from_lse``: every tile of
-``block`` query rows is recomputed from the blocked path's log-sum-exp
-(``analysis.pattern_tile``) and reduced to its top-k, so no ``[T, T]`` array of a whole head is
-ever built (T = 4096 works).
+**What the page holds** (``PatternRows``): attention quantised to 8 bits of its square root,
+``round(√p · 255)`` (√p within 1/510: p within 1/255 near 1 and far finer for small weights,
+the smallest non-zero being 1.5e-5), base64 in one JSON block; colours follow √p too. Up to
+``DENSE_MAX_T`` tokens every row is kept (``L·N·T²`` bytes, ×4/3 for base64: 6 layers ×
+12 heads × T = 128 → 1.6 MB). Longer rows keep their ``top_k`` largest entries (default 16)
+with uint16 key indices, 3·k bytes per row: 6 × 12 × T = 512 → 2.4 MB; entries not kept
+read as 0, and the page says what share of each row's attention was kept. Long sequences come
+from ``PatternRows.from_lse``: every tile of ``block`` query rows is recomputed from the
+blocked path's log-sum-exp (``analysis.pattern_tile``) and reduced to its top-k, so no
+``[T, T]`` array of a whole head is ever built (T = 4096 works).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ _SCRIPT = pathlib.Path(__file__).with_name("html.js")
 class PatternRows:
     """The compact attention of one example: every layer and head, row by row.
 
-    ``values`` [L, N, T, k] uint8 (``round(p · 255)``), ``indices`` [L, N, T, k] uint16 key
+    ``values`` [L, N, T, k] uint8 (``round(√p · 255)``), ``indices`` [L, N, T, k] uint16 key
     positions (``None`` when dense: k = T and ``values[..., s]`` is key s), ``tokens`` the T
     token strings, ``kept`` the mean share of a row's attention the kept entries hold.
     """
@@ -151,9 +152,9 @@ class PatternRows:
         """The stored (quantised) attention of ``query`` on ``key``; 0 where not kept."""
         row = self.values[layer, head, query]
         if self.indices is None:
-            return float(row[key]) / 255
+            return (float(row[key]) / 255) ** 2
         hit = np.flatnonzero(self.indices[layer, head, query] == key)
-        return float(row[hit[0]]) / 255 if hit.size else 0.0
+        return (float(row[hit[0]]) / 255) ** 2 if hit.size else 0.0
 
     def payload(self) -> dict:
         """The JSON the page reads (arrays as base64 of little-endian bytes)."""
@@ -213,7 +214,9 @@ def _check_length(length: int) -> None:
 
 
 def _quantise(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(values, np.float32) * 255), 0, 255).astype(np.uint8)
+    """8 bits of √p: fine steps for small weights (the smallest non-zero is 1/255² ≈ 1.5e-5)."""
+    root = np.sqrt(np.clip(np.asarray(values, np.float32), 0, 1))
+    return np.rint(root * 255).astype(np.uint8)
 
 
 def _kept(values: np.ndarray) -> float:
