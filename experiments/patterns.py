@@ -4,7 +4,8 @@ Defaults: the bundled all-MiniLM-L6-v2 and three senses of "mole" (animal, unit,
 Prints, per sentence and layer, the tokens the word attends to most and the heads that look
 hardest at another word, then the cosine similarity of the word's vectors between sentences
 layer by layer; writes PNGs (every layer and head, where the word looks, the similarity, the
-QK/OV circuit spectra) to ``--workdir``.
+QK/OV circuit spectra) to ``--workdir``; ``--html`` adds interactive pages (no network needed
+to view them): a model view and a head view per sentence and the word-in-context view.
 
   uv run python -m experiments.patterns --word=bank \\
       --sentences='She sat on the river bank,He robbed the bank,The bank raised rates'
@@ -29,6 +30,9 @@ _MODEL_DIR = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the PNGs go (default: $ATTNJAX_RUNS/patterns)."
 )
+_HTML = flags.DEFINE_bool(
+    "html", False, "Also write interactive HTML views (model, head, word in context)."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -50,6 +54,11 @@ def main(argv: list[str]) -> None:
     spectra = workdir / "circuit_spectra.png"
     circuit_spectra_plot(circuit_spectra(model), path=spectra)
     print(f"wrote {len(figures) + 1} PNGs to {workdir}")
+    if _HTML.value:
+        from attnjax.viz.html import save_word_in_context_views
+
+        pages = save_word_in_context_views(result, workdir)
+        print(f"wrote {len(pages)} HTML views to {workdir}: {', '.join(p.name for p in pages)}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ def run_patterns(*flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_mole_sentences_print_focus_and_similarity_and_write_pngs(tmp_path):
-    result = run_patterns(f"--workdir={tmp_path}")
+def test_mole_sentences_print_focus_and_similarity_and_write_pngs_and_pages(tmp_path):
+    result = run_patterns(f"--workdir={tmp_path}", "--html")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for sentence in (
@@ -40,6 +40,9 @@ def test_mole_sentences_print_focus_and_similarity_and_write_pngs(tmp_path):
     expected = {f"s{i}_{kind}.png" for i in range(3) for kind in ("heads", "mole")}
     assert expected | {"mole_similarity.png", "circuit_spectra.png"} <= names
     assert all((tmp_path / name).stat().st_size > 1000 for name in names)
+    pages = {f"s{i}_{kind}_view.html" for i in range(3) for kind in ("model", "head")}
+    assert pages | {"mole_in_context.html"} <= names
+    assert "Take a biopsy of the mole" in (tmp_path / "s2_head_view.html").read_text()
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Matplotlib figures (headless, Agg): attention grids, parameter breakdowns, sweep plots.
+"""Matplotlib figures (headless, Agg): attention grids, parameter breakdowns, sweep plots;
+and interactive attention views as self-contained HTML pages.
 
 Submodules: ``attnjax.viz.attention`` (patterns), ``attnjax.viz.params`` (parameter counts),
-``attnjax.viz.sweep`` (sweep results).
+``attnjax.viz.sweep`` (sweep results), ``attnjax.viz.html`` (model, head, pattern and
+word-in-context views for notebooks and files, no network).
 """
 
-from attnjax.viz import attention, params, sweep
+from attnjax.viz import attention, html, params, sweep
 
-__all__ = ["attention", "params", "sweep"]
+__all__ = ["attention", "html", "params", "sweep"]
