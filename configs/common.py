@@ -76,6 +76,13 @@ def _not_none(annotation) -> type:
     return annotation
 
 
+def mesh(data: int = -1, fsdp: int = 1, model: int = 1) -> ml_collections.ConfigDict:
+    """The ``mesh`` section: devices along ``data`` (-1: all left over), ``fsdp`` (parameters
+    and optimizer state split ZeRO-3 style, batch too) and ``model`` (heads, MLP width); see
+    ``attnjax.training.sharding``."""
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model))
+
+
 def counting_config(
     name: str, model_section: ml_collections.ConfigDict, seq_len: int
 ) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ __all__ = [
     "BOOKKEEPING_KEYS",
     "EVAL_SEED_OFFSET",
     "build_task",
+    "check_batch_divides",
     "check_run_config",
     "check_same_config",
     "model_config_for",
@@ -163,11 +164,18 @@ def _check_train_config(train) -> None:
 
 
 def _check_mesh(config) -> None:
-    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
-    if config.train.batch_size % mesh.shape["data"]:
+    mesh = sharding_lib.mesh_from_config(config.mesh)
+    check_batch_divides(config, mesh)
+
+
+def check_batch_divides(config, mesh) -> None:
+    """``train.batch_size`` must split over the mesh's batch axes (``data x fsdp``)."""
+    shards = sharding_lib.batch_shards(mesh)
+    if config.train.batch_size % shards:
         raise ValueError(
-            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's data "
-            f"axis (mesh.data={config.mesh.data}: {mesh.shape['data']} devices)"
+            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's batch "
+            f"shards (mesh.data={config.mesh.data} x mesh.fsdp={config.mesh.get('fsdp', 1)}: "
+            f"{shards} devices)"
         )
 
 
