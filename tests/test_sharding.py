@@ -164,7 +164,8 @@ FSDP_SCRIPT = textwrap.dedent(
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(state), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
         up = state.params["blocks"][0]["mlp"]["up"]["kernel"][...]
-        result[f"{data},{fsdp},{model}"] = [list(up.sharding.spec), up.addressable_shards[0].data.shape]
+        shard = up.addressable_shards[0].data.shape
+        result[f"{data},{fsdp},{model}"] = [list(up.sharding.spec), shard]
     for fsdp in (1, 2, 4, 8):
         mesh = sharding.make_mesh(8 // fsdp, 1, fsdp=fsdp)
         state = jax.device_put(host_state, sharding.state_shardings(host_state, mesh))
