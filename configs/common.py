@@ -87,11 +87,13 @@ def counting_config(
     name: str, model_section: ml_collections.ConfigDict, seq_len: int
 ) -> ml_collections.ConfigDict:
     """A locked config to count: ``name``, ``model`` and ``count`` (FLOPs and memory at
-    ``seq_len`` tokens, batch 1; ``--seq_len``/``--batch_size`` override)."""
+    ``seq_len`` tokens, batch 1; ``--seq_len``/``--batch_size`` override), and the ``mesh``
+    ``experiments.compile_check`` lays its train step out on (``--config.mesh.fsdp=16``)."""
     config = ml_collections.ConfigDict()
     config.name = name
     config.model = model_section
     config.count = ml_collections.ConfigDict(dict(seq_len=seq_len, batch_size=1))
+    config.mesh = mesh()
     config.lock()
     return config
 

@@ -163,8 +163,8 @@ def _check_train_config(train) -> None:
     optimizer_for(train)  # learning rate, clipping, warmup < steps, weight decay
 
 
-def _check_mesh(config) -> None:
-    mesh = sharding_lib.mesh_from_config(config.mesh)
+def _check_mesh(config, devices=None) -> None:
+    mesh = sharding_lib.mesh_from_config(config.mesh, devices)
     check_batch_divides(config, mesh)
 
 
@@ -179,13 +179,14 @@ def check_batch_divides(config, mesh) -> None:
         )
 
 
-def check_run_config(config, task=None) -> tuple[Any, ModelConfig]:
+def check_run_config(config, task=None, *, devices=None) -> tuple[Any, ModelConfig]:
     """The task and ``ModelConfig`` of a run config, after checking ``config.train`` (every
-    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on this process's
-    devices); ``ValueError`` naming the field for any impossible setting (nothing is trained or
-    written). ``task``: the config's task if already built (``build_task(config)``)."""
+    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on ``devices``,
+    default this process's); ``ValueError`` naming the field for any impossible setting
+    (nothing is trained or written). ``task``: the config's task if already built
+    (``build_task(config)``)."""
     _check_train_config(config.train)
     task = build_task(config) if task is None else task
     model_config = model_config_for(config, task)
-    _check_mesh(config)
+    _check_mesh(config, devices)
     return task, model_config
