@@ -150,14 +150,16 @@ def collectives(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def _cost(compiled) -> dict[str, float]:
+def _cost(compiled) -> dict[str, Any]:
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0] if cost else {}
     return dict(cost or {})
 
 
-def _roofline(chip: Chip | None, flops: float, bytes_: float, tokens: int) -> dict[str, Any]:
+def _roofline(
+    chip: Chip | None, flops: float | int, bytes_: float | int, tokens: int
+) -> dict[str, Any]:
     if chip is None:
         return dict(step_s=None, tokens_per_s=None, bound=None)
     compute_s, memory_s = flops / chip.peak_flops, bytes_ / chip.bandwidth
@@ -169,7 +171,7 @@ def _roofline(chip: Chip | None, flops: float, bytes_: float, tokens: int) -> di
     )
 
 
-def row_from_compiled(compiled, *, chip: Chip | None, analytic_flops: float, tokens: int):
+def row_from_compiled(compiled, *, chip: Chip | None, analytic_flops: float | int, tokens: int):
     """The measured part of a row from a compiled program (``memory_analysis``,
     ``cost_analysis``, ``as_text``): bytes, fit, FLOPs, collectives, roofline. ``chip``: the
     device's figures (None: memory and roofline unknown, e.g. CPU); ``analytic_flops`` per
