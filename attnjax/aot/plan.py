@@ -366,7 +366,8 @@ def _check_one(plan: _Plan, target: Topology, chip, devices, compiler_options) -
         seq_len=plan.seq_len,
         params=int(accounting.count_params(plan.model).total),
         attention=_attention_choice(plan.model, target.platform, mesh.shape["model"]),
-        scan_layers=bool(getattr(plan.model, "scan_layers", False)),
+        scan_layers=plan.model.resolved_scan_layers,
+        remat=plan.model.remat,
     )
     options = None if compiler_options is None else compiler_options(target.platform)
     start = time.perf_counter()

@@ -9,16 +9,18 @@ A ``jax.sharding.Mesh`` with axes ``("data", "fsdp", "model")``: the batch is sp
 - everything else (embeddings, norms, output biases) is replicated.
 
 The rules match parameter paths, so the same rules place the optimizer's moments (whose
-paths end with the parameter's path). A leaf whose axis does not divide by the ``model`` axis
-size is replicated instead.
+paths end with the parameter's path). Blocks stacked for a scan (``scan_layers``: paths
+``blocks/attention/query``, no layer index, shape [L, ...]) get the same spec behind the
+leading L axis (each scan step reads one layer). A leaf whose axis does not divide by the
+``model`` axis size is replicated instead.
 
 ``fsdp`` (ZeRO-3, as MaxText's axis of that name): every parameter and optimizer moment is
 also split over ``fsdp`` on its largest axis that ``model`` does not split and that ``fsdp``
-divides (the first such axis on a tie; a stacked layer axis ``L`` of a scanned model only when
-no other axis divides); a leaf with no such axis stays replicated over ``fsdp``. Each device
-then holds ``1 / (fsdp x model)`` of the state; XLA gathers a layer's weights where the step
-uses them and reduce-scatters their gradients. ``fsdp=1`` (the default) is plain data
-parallelism. XLA inserts the collectives.
+divides (the first such axis on a tie; a stacked layer axis ``L`` only when no other axis
+divides); a leaf with no such axis stays replicated over ``fsdp``. Each device then holds
+``1 / (fsdp x model)`` of the state; XLA gathers a layer's weights where the step uses them
+and reduce-scatters their gradients. ``fsdp=1`` (the default) is plain data parallelism. XLA
+inserts the collectives.
 """
 
 from __future__ import annotations
@@ -114,12 +116,27 @@ def path_string(path) -> str:
     return "/".join(names)
 
 
+# A leaf of stacked blocks: "blocks/" followed by a name, not by a layer index.
+_STACKED = re.compile(r"(^|/)blocks/[^/\d][^/]*(/|$)")
+
+
 def partition_spec(
-    path: str, shape: tuple[int, ...], model_size: int, fsdp_size: int = 1, *, stacked: int = 0
+    path: str,
+    shape: tuple[int, ...],
+    model_size: int,
+    fsdp_size: int = 1,
+    *,
+    stacked: int | None = None,
 ) -> PartitionSpec:
     """The spec of a leaf at ``path`` ("blocks/0/attention/query") with ``shape``: the
     ``model`` rule of ``SHARDING_RULES`` (matched on the trailing axes, after ``stacked``
-    leading layer axes), then ``fsdp`` on the largest other axis it divides (module doc)."""
+    leading layer axes), then ``fsdp`` on the largest other axis it divides (module doc).
+
+    ``stacked``: leading layer axes; default 1 for stacked blocks ("blocks/attention/query",
+    shape [L, ...]), else 0.
+    """
+    if stacked is None:
+        stacked = 1 if _STACKED.search(path) and shape else 0
     axes: list[str | None] = [None] * len(shape)
     for pattern, spec in SHARDING_RULES:
         if re.search(pattern, path) and len(spec) == len(shape) - stacked:
@@ -135,19 +152,14 @@ def partition_spec(
     return P(*axes) if any(axes) else P()
 
 
-def state_shardings(tree, mesh: Mesh, *, stacked=None):
-    """``NamedSharding`` for every leaf of ``tree`` (params, optimizer state, train state).
-
-    ``stacked(path) -> int``: how many leading layer axes the leaf at ``path`` has (a scanned
-    model's ``[L, ...]`` parameters); default none."""
+def state_shardings(tree, mesh: Mesh):
+    """``NamedSharding`` for every leaf of ``tree`` (params, optimizer state, train state)."""
     model_size = mesh.shape.get("model", 1)
     fsdp_size = mesh.shape.get("fsdp", 1)
 
     def sharding(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        name = path_string(path)
-        layers = 0 if stacked is None else stacked(name)
-        spec = partition_spec(name, shape, model_size, fsdp_size, stacked=layers)
+        spec = partition_spec(path_string(path), shape, model_size, fsdp_size)
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(sharding, tree)
