@@ -7,6 +7,8 @@ carrying its sharding, and the step is lowered and compiled for the mesh's platf
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +35,8 @@ def abstract_model(model_config: ModelConfig, seed: int = 0) -> state.SplitModel
 
 
 def _concrete(leaf):
-    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return jax.random.key(0)  # dropout's key: reseeded every step
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout's keys: reseeded every step
+        return jax.random.split(jax.random.key(0), math.prod(leaf.shape)).reshape(leaf.shape)
     return jnp.zeros(leaf.shape, leaf.dtype)
 
 
