@@ -123,6 +123,15 @@ def test_out_of_memory_compile_is_a_row_with_the_compilers_figures():
     assert row["headroom"] == round(15.75 * 2**30) - round(27.50 * 2**30)
     assert "Ran out of memory" in row["compiler_message"]
     assert plan.row_from_error(ValueError("mesh.model=3 ..."), chip=None) is None
+    # the other form libtpu uses: only the temporaries' need is given
+    other = RuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (111.77G) exceeds available HBM (15.75G)."
+    )
+    row = plan.row_from_error(other, chip=plan.CHIPS["v5e"])
+    assert row["fits"] is False and row["bytes"]["total"] is None
+    assert row["bytes"]["temporaries"] == round(111.77 * 2**30)
+    assert row["device_memory"] == round(15.75 * 2**30)
 
 
 def test_format_rows_shows_fit_and_missing_figures():

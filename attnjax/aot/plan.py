@@ -210,7 +210,12 @@ def row_from_compiled(compiled, *, chip: Chip | None, analytic_flops: float | in
 
 _SIZE = r"([\d.]+)\s*([KMGT]?)i?B?"
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_USED = re.compile(r"Used " + _SIZE + r" of " + _SIZE + r" (\w+)")
+# "Used 27.50G of 15.75G hbm." or "the total memory required for HLO temporaries (111.77G)
+# exceeds available HBM (15.75G)."
+_USED = re.compile(r"Used " + _SIZE + r" of " + _SIZE + r" \w+")
+_REQUIRED = re.compile(
+    r"required for ([\w ]+?) \(" + _SIZE + r"\) exceeds available \w+ \(" + _SIZE + r"\)"
+)
 
 
 def row_from_error(error: BaseException, *, chip: Chip | None) -> dict[str, Any] | None:
@@ -219,16 +224,29 @@ def row_from_error(error: BaseException, *, chip: Chip | None) -> dict[str, Any]
     text = str(error)
     if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
         return None
+    used = capacity = temporaries = None
     match = _USED.search(text)
-    used = capacity = None
     if match:
         used = round(float(match.group(1)) * _UNITS[match.group(2)])
         capacity = round(float(match.group(3)) * _UNITS[match.group(4)])
+    match = _REQUIRED.search(text)
+    if match:  # only what one kind of buffer needs: a lower bound on the total
+        needed = round(float(match.group(2)) * _UNITS[match.group(3)])
+        capacity = round(float(match.group(4)) * _UNITS[match.group(5)])
+        if "temporar" in match.group(1):
+            temporaries = needed
+        else:
+            used = needed
     memory = capacity if capacity is not None else (None if chip is None else chip.memory)
     first = next((line for line in text.splitlines() if "memory" in line.lower()), text)
     return dict(
         bytes=dict(
-            arguments=None, outputs=None, temporaries=None, aliased=None, code=None, total=used
+            arguments=None,
+            outputs=None,
+            temporaries=temporaries,
+            aliased=None,
+            code=None,
+            total=used,
         ),  # fmt: skip
         device_memory=memory,
         fits=False,
@@ -371,16 +389,22 @@ def _check_one(plan: _Plan, target: Topology, chip, devices, compiler_options) -
     )
     options = None if compiler_options is None else compiler_options(target.platform)
     start = time.perf_counter()
+    inputs = None
     try:
-        lowered = steps.lower_train_step(
+        lowered, inputs = steps.lower_train_step(
             plan.model, plan.tx, steps.token_batch(plan.batch_size, plan.seq_len), mesh,
             seed=plan.seed, compiler_options=options,
         )  # fmt: skip
         compiled = lowered.compile()
     except Exception as error:  # noqa: BLE001 - only out-of-memory becomes a row
         failed = row_from_error(error, chip=chip)
-        if failed is None:
+        if failed is None or inputs is None:
             raise
+        held = failed["bytes"]
+        held["arguments"] = steps.per_device_bytes(inputs)
+        if held["total"] is None and held["temporaries"] is not None:  # at least these two
+            held["total"] = held["arguments"] + held["temporaries"]
+            failed["headroom"] = failed["device_memory"] - held["total"]
         row.update(failed, compile_s=time.perf_counter() - start)
         row.update(analytic_flops=analytic / shards, roofline=None)
         return row

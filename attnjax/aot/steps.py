@@ -19,7 +19,13 @@ from attnjax.data.tasks import Batch
 from attnjax.models import DecoderLM, ModelConfig
 from attnjax.training import run_config, sharding, state, step
 
-__all__ = ["abstract_model", "compile_train_step", "lower_train_step", "token_batch"]
+__all__ = [
+    "abstract_model",
+    "compile_train_step",
+    "lower_train_step",
+    "per_device_bytes",
+    "token_batch",
+]
 
 
 def abstract_model(model_config: ModelConfig, seed: int = 0) -> state.SplitModel:
@@ -58,7 +64,8 @@ def lower_train_step(
 ):
     """``make_train_step``'s step lowered for ``mesh`` (not compiled): the train state sharded
     by ``state_shardings`` (``model`` and ``fsdp`` rules), ``batch`` (shapes) over
-    ``data x fsdp``. ``compiler_options``: XLA options for the step (None: XLA's own)."""
+    ``data x fsdp``. ``compiler_options``: XLA options for the step (None: XLA's own).
+    Returns ``(lowered, (state, batch))``: the step and its placed ``ShapeDtypeStruct``s."""
     split = abstract_model(model_config, seed)
     train_state = jax.eval_shape(lambda p: state.init_train_state(p, tx), split.params)
     shardings = sharding.state_shardings(train_state, mesh)
@@ -70,6 +77,7 @@ def lower_train_step(
         )
     batch_sharding = NamedSharding(mesh, sharding.batch_spec(mesh))
     batch = jax.tree.map(lambda x: _placed(x, batch_sharding), batch)
+    lowered_args = (train_state, batch)
     dropout = model_config.dropout_rate > 0 or model_config.attention_dropout_rate > 0
     train_step = step.make_train_step(
         split.graphdef,
@@ -79,7 +87,17 @@ def lower_train_step(
         state_sharding=shardings,
         compiler_options=compiler_options,
     )
-    return train_step.lower(train_state, batch)
+    return train_step.lower(*lowered_args), lowered_args
+
+
+def per_device_bytes(structs) -> int:
+    """Bytes one device holds of ``ShapeDtypeStruct``s placed by their shardings (the largest
+    shard when shards differ in size)."""
+    total = 0
+    for x in jax.tree.leaves(structs):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+    return total
 
 
 def compile_train_step(config, mesh: Mesh, *, platform: str, compiler_options=None):
@@ -95,7 +113,7 @@ def compile_train_step(config, mesh: Mesh, *, platform: str, compiler_options=No
     devices = mesh.devices.flat
     task, model_config = run_config.check_run_config(config, devices=devices)
     batch = jax.tree.map(_shape_of, task.batch(0, config.train.batch_size))
-    lowered = lower_train_step(
+    lowered, _ = lower_train_step(
         model_config,
         run_config.optimizer_for(config.train),
         batch,
