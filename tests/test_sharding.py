@@ -196,3 +196,24 @@ def test_fsdp_step_equals_single_device_and_shrinks_per_device_state():
     assert per_device[3] < per_device[2]
     # nearly all of it splits: only scalars and leaves no fsdp size divides stay whole
     assert per_device[3] < got["total"] / 8 * 1.1, per_device
+
+
+def test_configs_without_mesh_fsdp_still_run_and_resume(tmp_path):
+    import json
+
+    import jax
+    import ml_collections
+
+    from attnjax.training import run_config
+    from attnjax.training.sharding import mesh_from_config
+    from configs import train
+
+    old = ml_collections.ConfigDict(dict(data=-1, model=1))  # a config from before the axis
+    mesh = mesh_from_config(old, jax.devices()[:1])
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "model": 1}
+    config = train.get_config("tiny")
+    assert config.mesh.fsdp == 1
+    recorded = config.to_dict()
+    del recorded["mesh"]["fsdp"]  # the config.json of a run made before the axis
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    run_config.check_same_config(tmp_path, config.to_dict())  # resumes: no ValueError

@@ -172,10 +172,11 @@ def check_batch_divides(config, mesh) -> None:
     """``train.batch_size`` must split over the mesh's batch axes (``data x fsdp``)."""
     shards = sharding_lib.batch_shards(mesh)
     if config.train.batch_size % shards:
+        fsdp = config.mesh.get("fsdp", 1)
+        axes = f"mesh.data={config.mesh.data}" + (f" x mesh.fsdp={fsdp}" if fsdp != 1 else "")
         raise ValueError(
             f"train.batch_size={config.train.batch_size} must be divisible by the mesh's batch "
-            f"shards (mesh.data={config.mesh.data} x mesh.fsdp={config.mesh.get('fsdp', 1)}: "
-            f"{shards} devices)"
+            f"axes ({axes}: {shards} devices)"
         )
 
 
