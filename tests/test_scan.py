@@ -65,10 +65,16 @@ def _build(config):
     return model_class(config, rngs=nnx.Rngs(0))
 
 
+def jitted(fn, model):
+    """``fn(model)`` compiled once (faster than op by op), ``model`` left unchanged."""
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s: fn(nnx.merge(graphdef, s)))(state)
+
+
 def grads(model, loss):
     """d loss / d params of ``model`` as a pure dict, in the unrolled layout."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    value = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest)))(params)
+    value = jax.jit(jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest))))(params)
     tree = nnx.to_pure_dict(value)
     return unstack_layers(tree) if "0" not in tree["blocks"] and 0 not in tree["blocks"] else tree
 
@@ -122,8 +128,8 @@ def test_layout_helpers_refuse_the_wrong_layout():
 def test_decoder_scanned_equals_unrolled_values_patterns_and_gradients(key):
     unrolled, scanned = models(DECODER, seed=1)
     tokens = jax.random.randint(key, (2, 8), 0, DECODER.vocab_size)
-    a = unrolled(tokens, return_patterns=True, return_hidden_states=True)
-    b = scanned(tokens, return_patterns=True, return_hidden_states=True)
+    run = lambda m: m(tokens, return_patterns=True, return_hidden_states=True)
+    a, b = jitted(run, unrolled), jitted(run, scanned)
     assert b[1].shape == (3, 2, 4, 8, 8) and b[2].shape == (4, 2, 8, 32)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
@@ -138,7 +144,7 @@ def test_encoder_scanned_equals_unrolled_values_and_gradients(key):
     types = jax.random.randint(jax.random.fold_in(key, 1), (2, 8), 0, 2)
     mask = jnp.asarray([[1] * 8, [1] * 5 + [0] * 3])
     run = lambda m: m(tokens, token_types=types, attention_mask=mask, return_patterns=True)
-    for x, y in zip(run(unrolled), run(scanned), strict=True):
+    for x, y in zip(jitted(run, unrolled), jitted(run, scanned), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
     loss = lambda m: jnp.sum(jnp.sin(run(m)[0]))
     assert_trees_close(grads(unrolled, loss), grads(scanned, loss), rtol=1e-4, atol=1e-5)
@@ -153,7 +159,7 @@ def test_remat_policies_equal_no_remat(remat, scan, key):
     rematerialised = params_from_tree(config.replace(remat=remat), params)
     tokens = jax.random.randint(key, (2, 8), 0, config.vocab_size)
     loss = lambda m: jnp.mean(jax.nn.log_softmax(m(tokens))[..., 0])
-    np.testing.assert_allclose(loss(rematerialised), loss(plain), rtol=1e-6)
+    np.testing.assert_allclose(jitted(loss, rematerialised), jitted(loss, plain), rtol=1e-6)
     assert_trees_close(grads(rematerialised, loss), grads(plain, loss), rtol=1e-5, atol=1e-7)
 
 
@@ -164,10 +170,11 @@ def test_dropout_streams_are_the_same_per_layer_and_advance(key):
     unrolled = DecoderLM(config.replace(scan_layers=False), rngs=nnx.Rngs(4))
     scanned = DecoderLM(config.replace(scan_layers=True), rngs=nnx.Rngs(4))
     tokens = jax.random.randint(key, (2, 8), 0, config.vocab_size)
-    first_u, first_s = unrolled(tokens), scanned(tokens)
+    call = nnx.jit(lambda m, t: m(t))  # RNG counts written back to the models
+    first_u, first_s = call(unrolled, tokens), call(scanned, tokens)
     np.testing.assert_allclose(first_u, first_s, rtol=1e-5, atol=1e-5)
-    second_s = scanned(tokens)
-    np.testing.assert_allclose(unrolled(tokens), second_s, rtol=1e-5, atol=1e-5)
+    second_s = call(scanned, tokens)
+    np.testing.assert_allclose(call(unrolled, tokens), second_s, rtol=1e-5, atol=1e-5)
     assert not np.allclose(first_s, second_s)
 
 
@@ -220,13 +227,14 @@ def test_decoder_patterns_on_the_scanned_model(key):
 def test_kv_cache_decoding_token_by_token_equals_the_full_pass(key):
     unrolled, scanned = models(DECODER, seed=7)
     tokens = jax.random.randint(key, (2, 9), 0, DECODER.vocab_size)
-    full = scanned(tokens)
+    full = jitted(lambda m: m(tokens), scanned)
     cache = scanned.init_cache(2, 12)
     assert cache.key.shape == (3, 2, 12, 2, 8) and cache.length.shape == (3,)
-    logits, cache = scanned.decode(tokens[:, :3], cache)  # a prompt, then one token at a time
+    decode = nnx.jit(lambda m, t, c: m.decode(t, c))
+    logits, cache = decode(scanned, tokens[:, :3], cache)  # a prompt, then one token at a time
     steps = [logits]
     for t in range(3, 9):
-        logits, cache = scanned.decode(tokens[:, t : t + 1], cache)
+        logits, cache = decode(scanned, tokens[:, t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(cache.length, [9, 9, 9])
