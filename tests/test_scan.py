@@ -23,12 +23,15 @@ from attnjax import pretrained
 from attnjax.accounting import count_params, measure_params, reconcile
 from attnjax.analysis import decoder_patterns
 from attnjax.analysis.circuits import circuit_spectra, qk_circuit
+from attnjax.data import make_task
 from attnjax.models import DecoderLM, Encoder, ModelConfig, bert_config, greedy_generate
 from attnjax.models.config import SCAN_LAYERS_FROM
 from attnjax.models.scan import layer_block, num_blocks, stack_layers, unstack_layers
 from attnjax.pretrained.api import params_from_tree
 from attnjax.training.checkpoint import Checkpointer
 from attnjax.training.sharding import partition_spec
+from attnjax.training.state import init_model, init_train_state, make_optimizer
+from attnjax.training.step import make_train_step
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 DECODER = ModelConfig(
@@ -65,10 +68,16 @@ def _build(config):
     return model_class(config, rngs=nnx.Rngs(0))
 
 
+def jitted(fn, model):
+    """``fn(model)`` compiled once (faster than op by op), ``model`` left unchanged."""
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s: fn(nnx.merge(graphdef, s)))(state)
+
+
 def grads(model, loss):
     """d loss / d params of ``model`` as a pure dict, in the unrolled layout."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    value = jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest)))(params)
+    value = jax.jit(jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest))))(params)
     tree = nnx.to_pure_dict(value)
     return unstack_layers(tree) if "0" not in tree["blocks"] and 0 not in tree["blocks"] else tree
 
@@ -122,8 +131,8 @@ def test_layout_helpers_refuse_the_wrong_layout():
 def test_decoder_scanned_equals_unrolled_values_patterns_and_gradients(key):
     unrolled, scanned = models(DECODER, seed=1)
     tokens = jax.random.randint(key, (2, 8), 0, DECODER.vocab_size)
-    a = unrolled(tokens, return_patterns=True, return_hidden_states=True)
-    b = scanned(tokens, return_patterns=True, return_hidden_states=True)
+    run = lambda m: m(tokens, return_patterns=True, return_hidden_states=True)
+    a, b = jitted(run, unrolled), jitted(run, scanned)
     assert b[1].shape == (3, 2, 4, 8, 8) and b[2].shape == (4, 2, 8, 32)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
@@ -138,7 +147,7 @@ def test_encoder_scanned_equals_unrolled_values_and_gradients(key):
     types = jax.random.randint(jax.random.fold_in(key, 1), (2, 8), 0, 2)
     mask = jnp.asarray([[1] * 8, [1] * 5 + [0] * 3])
     run = lambda m: m(tokens, token_types=types, attention_mask=mask, return_patterns=True)
-    for x, y in zip(run(unrolled), run(scanned), strict=True):
+    for x, y in zip(jitted(run, unrolled), jitted(run, scanned), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
     loss = lambda m: jnp.sum(jnp.sin(run(m)[0]))
     assert_trees_close(grads(unrolled, loss), grads(scanned, loss), rtol=1e-4, atol=1e-5)
@@ -153,7 +162,7 @@ def test_remat_policies_equal_no_remat(remat, scan, key):
     rematerialised = params_from_tree(config.replace(remat=remat), params)
     tokens = jax.random.randint(key, (2, 8), 0, config.vocab_size)
     loss = lambda m: jnp.mean(jax.nn.log_softmax(m(tokens))[..., 0])
-    np.testing.assert_allclose(loss(rematerialised), loss(plain), rtol=1e-6)
+    np.testing.assert_allclose(jitted(loss, rematerialised), jitted(loss, plain), rtol=1e-6)
     assert_trees_close(grads(rematerialised, loss), grads(plain, loss), rtol=1e-5, atol=1e-7)
 
 
@@ -164,10 +173,11 @@ def test_dropout_streams_are_the_same_per_layer_and_advance(key):
     unrolled = DecoderLM(config.replace(scan_layers=False), rngs=nnx.Rngs(4))
     scanned = DecoderLM(config.replace(scan_layers=True), rngs=nnx.Rngs(4))
     tokens = jax.random.randint(key, (2, 8), 0, config.vocab_size)
-    first_u, first_s = unrolled(tokens), scanned(tokens)
+    call = nnx.jit(lambda m, t: m(t))  # RNG counts written back to the models
+    first_u, first_s = call(unrolled, tokens), call(scanned, tokens)
     np.testing.assert_allclose(first_u, first_s, rtol=1e-5, atol=1e-5)
-    second_s = scanned(tokens)
-    np.testing.assert_allclose(unrolled(tokens), second_s, rtol=1e-5, atol=1e-5)
+    second_s = call(scanned, tokens)
+    np.testing.assert_allclose(call(unrolled, tokens), second_s, rtol=1e-5, atol=1e-5)
     assert not np.allclose(first_s, second_s)
 
 
@@ -220,13 +230,14 @@ def test_decoder_patterns_on_the_scanned_model(key):
 def test_kv_cache_decoding_token_by_token_equals_the_full_pass(key):
     unrolled, scanned = models(DECODER, seed=7)
     tokens = jax.random.randint(key, (2, 9), 0, DECODER.vocab_size)
-    full = scanned(tokens)
+    full = jitted(lambda m: m(tokens), scanned)
     cache = scanned.init_cache(2, 12)
     assert cache.key.shape == (3, 2, 12, 2, 8) and cache.length.shape == (3,)
-    logits, cache = scanned.decode(tokens[:, :3], cache)  # a prompt, then one token at a time
+    decode = nnx.jit(lambda m, t, c: m.decode(t, c))
+    logits, cache = decode(scanned, tokens[:, :3], cache)  # a prompt, then one token at a time
     steps = [logits]
     for t in range(3, 9):
-        logits, cache = scanned.decode(tokens[:, t : t + 1], cache)
+        logits, cache = decode(scanned, tokens[:, t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(cache.length, [9, 9, 9])
@@ -358,3 +369,25 @@ def test_minilm_loads_stacked_and_matches_transformers():
     np.testing.assert_allclose(encoded.patterns, reference["patterns"], atol=1e-5, rtol=0)
     ours, theirs = encoded.sentence_embeddings, reference["sentence_embeddings"]
     assert (ours * theirs).sum(-1).min() > 0.9999  # both unit length (as test_pretrained)
+
+
+def test_train_step_with_dropout_reseeds_stacked_streams():
+    """The step reseeds every dropout stream from (seed, step): stacked streams get one key per
+    layer. Same seed, same result; another seed, other masks."""
+    config = ModelConfig(
+        vocab_size=16, max_seq_len=11, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32,
+        dropout_rate=0.2, scan_layers=True,
+    )  # fmt: skip
+    task = make_task("induction", seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
+    tx = make_optimizer(
+        learning_rate=1e-2, steps=2, warmup_steps=1, weight_decay=0.0, clip_norm=1.0
+    )
+    batch = task.batch(0, 4)
+
+    def loss(seed):
+        split = init_model(config, seed=0)
+        step = make_train_step(split.graphdef, split.rest, tx, dropout_seed=seed)
+        return float(step(init_train_state(split.params, tx), batch)[1]["loss"])
+
+    first, again, other = loss(1), loss(1), loss(2)
+    assert np.isfinite(first) and first == again and first != other
