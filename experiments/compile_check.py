@@ -91,6 +91,8 @@ def main(argv: list[str]) -> None:
     from attnjax.aot import plan
 
     target = plan.parse_topology(_TOPOLOGY.value)
+    if target.platform == "cpu":  # never let JAX probe an installed libtpu outside unshare -n
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if target.platform in GROUPS:
         _require_group(target.platform)
         if _ISOLATE.value and not os.environ.get("ATTNJAX_ISOLATED"):
