@@ -91,8 +91,10 @@ def main(argv: list[str]) -> None:
     from attnjax.aot import plan
 
     target = plan.parse_topology(_TOPOLOGY.value)
-    if target.platform == "cpu":  # never let JAX probe an installed libtpu outside unshare -n
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if target.platform == "cpu" and not os.environ.get("JAX_PLATFORMS"):
+        import jax  # never let JAX probe an installed libtpu outside unshare -n
+
+        jax.config.update("jax_platforms", "cpu")
     if target.platform in GROUPS:
         _require_group(target.platform)
         if _ISOLATE.value and not os.environ.get("ATTNJAX_ISOLATED"):
