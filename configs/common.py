@@ -76,15 +76,24 @@ def _not_none(annotation) -> type:
     return annotation
 
 
+def mesh(data: int = -1, fsdp: int = 1, model: int = 1) -> ml_collections.ConfigDict:
+    """The ``mesh`` section: devices along ``data`` (-1: all left over), ``fsdp`` (parameters
+    and optimizer state split ZeRO-3 style, batch too) and ``model`` (heads, MLP width); see
+    ``attnjax.training.sharding``."""
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model))
+
+
 def counting_config(
     name: str, model_section: ml_collections.ConfigDict, seq_len: int
 ) -> ml_collections.ConfigDict:
     """A locked config to count: ``name``, ``model`` and ``count`` (FLOPs and memory at
-    ``seq_len`` tokens, batch 1; ``--seq_len``/``--batch_size`` override)."""
+    ``seq_len`` tokens, batch 1; ``--seq_len``/``--batch_size`` override), and the ``mesh``
+    ``experiments.compile_check`` lays its train step out on (``--config.mesh.fsdp=16``)."""
     config = ml_collections.ConfigDict()
     config.name = name
     config.model = model_section
     config.count = ml_collections.ConfigDict(dict(seq_len=seq_len, batch_size=1))
+    config.mesh = mesh()
     config.lock()
     return config
 

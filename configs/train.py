@@ -74,7 +74,7 @@ def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
             seed=0,
         )
     )
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+    config.mesh = common.mesh()
     config.distributed = False
     if variant == "tiny":
         config.model.update(model_dim=16, num_layers=1, num_heads=2)

@@ -4,6 +4,8 @@
     python -m tests._aot_compile attention cuda h200
     python -m tests._aot_compile train_step tpu v5e:2x2
     python -m tests._aot_compile gpu_targets cuda all
+    python -m tests._aot_compile plan tpu v5e:2x2
+    python -m tests._aot_compile plan cuda h200:1x1x8
 
 Prints one JSON line: for every implementation and mesh, what the compiled program holds.
 Loads libtpu or the CUDA plugin: run it only under ``unshare -n`` (see test_aot.py).
@@ -118,9 +120,27 @@ def train_step(platform: str, name: str) -> dict:
     return results
 
 
+def plan(platform: str, name: str) -> dict:
+    """compile_check rows: a tiny run on a (data, fsdp) mesh of ``name``; on TPU also a batch
+    whose activations cannot fit one v5e chip (the compiler refuses: a "does not fit" row)."""
+    import ml_collections
+
+    from attnjax.aot.plan import compile_check, json_ready
+    from configs import train
+
+    config = ml_collections.ConfigDict(train.get_config("tiny").to_dict())
+    config.mesh.update(data=2, fsdp=2, model=1)
+    rows = {"tiny": compile_check(config, name)[0]}
+    if platform == "tpu":  # the same tiny model with 2^20 x 15 tokens on one chip: tens of GB
+        config.mesh.update(data=1, fsdp=1)
+        rows["oom"] = compile_check(config, "v5e:1x1", batch_size=2**20)[0]
+    return dict(zip(rows, json_ready(list(rows.values())), strict=True))
+
+
 if __name__ == "__main__":
     what, platform, name = sys.argv[1:4]
     if what == "gpu_targets":
         print(json.dumps(gpu_targets()))
     else:
-        print(json.dumps({"attention": attention, "train_step": train_step}[what](platform, name)))
+        run = {"attention": attention, "train_step": train_step, "plan": plan}[what]
+        print(json.dumps(run(platform, name)))

@@ -108,3 +108,28 @@ def test_default_sweep_train_step_compiles_for_v5e_with_pallas():
     assert set(results) == {"data=4,model=1", "data=2,model=2"}
     for mesh, got in results.items():
         assert got["kernels"] == {"pallas_tpu": True, "cudnn": False}, (mesh, got)
+
+
+def _check_tiny_plan(row: dict, topology: str, memory: int, source: str) -> None:
+    assert row["topology"] == topology and row["mesh"] == "data=2,fsdp=2,model=1", row
+    assert row["fits"] is True and row["fit_source"] == source, row
+    assert row["device_memory"] == memory and 0 < row["bytes"]["total"] < memory, row
+    assert row["headroom"] == memory - row["bytes"]["total"], row
+    # fsdp: parameters gathered, gradients reduced (all-reduce or reduce-scatter)
+    assert row["collectives"].get("all-gather", 0) > 0, row
+    assert row["roofline"]["step_s"] > 0 and row["roofline"]["tokens_per_s"] > 0, row
+
+
+def test_compile_check_on_tpu_fits_and_reports_the_compilers_refusal():
+    rows = _compile("plan", "tpu", "v5e:2x2")
+    _check_tiny_plan(rows["tiny"], "v5e:2x2", 16 * 2**30, "compiler")
+    assert rows["tiny"]["attention"] == "pallas_tpu"
+    oom = rows["oom"]
+    assert oom["fits"] is False and "memory" in oom["compiler_message"], oom
+    assert oom["bytes"]["total"] > oom["device_memory"] > 15 * 2**30, oom  # "Used X of Y hbm"
+    assert oom["bytes"]["arguments"] > 2**20 * 15 * 12  # the batch alone: 12 bytes a token
+
+
+def test_compile_check_on_h200_compares_with_the_memory_table():
+    rows = _compile("plan", "cuda", "h200:1x1x8")
+    _check_tiny_plan(rows["tiny"], "h200:1x1x8", 141 * 10**9, "memory table")

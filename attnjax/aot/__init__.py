@@ -91,15 +91,16 @@ def gpu_topology(target: str = "h200", num_devices: int = 8):
     )
 
 
-def mesh(devices: Sequence, *, data: int = 1, model: int = 1) -> Mesh:
-    """A ``(data, model)`` mesh (the axes of ``attnjax.training``) over the first
-    ``data * model`` of ``devices``."""
-    if data < 1 or model < 1 or data * model > len(devices):
+def mesh(devices: Sequence, *, data: int = 1, model: int = 1, fsdp: int = 1) -> Mesh:
+    """A ``(data, fsdp, model)`` mesh (the axes of ``attnjax.training``) over the first
+    ``data * fsdp * model`` of ``devices``."""
+    if data < 1 or model < 1 or fsdp < 1 or data * fsdp * model > len(devices):
         raise ValueError(
-            f"data={data} x model={model} must be positive and at most {len(devices)} devices"
+            f"data={data} x fsdp={fsdp} x model={model} must be positive and at most "
+            f"{len(devices)} devices"
         )
-    grid = np.array(list(devices)[: data * model]).reshape(data, model)
-    return Mesh(grid, ("data", "model"))
+    grid = np.array(list(devices)[: data * fsdp * model]).reshape(data, fsdp, model)
+    return Mesh(grid, ("data", "fsdp", "model"))
 
 
 def sharded_struct(shape, dtype, mesh: Mesh, spec: Sequence[str | None] = ()):

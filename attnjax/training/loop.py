@@ -139,7 +139,7 @@ def train_and_evaluate(
     finished = _finished_result(workdir, train.steps)
     if finished is not None:
         return finished
-    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
+    mesh = sharding_lib.mesh_from_config(config.mesh)
     options = None if compiler_options is None else compiler_options(mesh.devices.flat[0].platform)
 
     split = init_model(model_config, train.seed)

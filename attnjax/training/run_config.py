@@ -23,6 +23,7 @@ __all__ = [
     "BOOKKEEPING_KEYS",
     "EVAL_SEED_OFFSET",
     "build_task",
+    "check_batch_divides",
     "check_run_config",
     "check_same_config",
     "model_config_for",
@@ -162,22 +163,31 @@ def _check_train_config(train) -> None:
     optimizer_for(train)  # learning rate, clipping, warmup < steps, weight decay
 
 
-def _check_mesh(config) -> None:
-    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.model)
-    if config.train.batch_size % mesh.shape["data"]:
+def _check_mesh(config, devices=None) -> None:
+    mesh = sharding_lib.mesh_from_config(config.mesh, devices)
+    check_batch_divides(config, mesh)
+
+
+def check_batch_divides(config, mesh) -> None:
+    """``train.batch_size`` must split over the mesh's batch axes (``data x fsdp``)."""
+    shards = sharding_lib.batch_shards(mesh)
+    if config.train.batch_size % shards:
+        fsdp = config.mesh.get("fsdp", 1)
+        axes = f"mesh.data={config.mesh.data}" + (f" x mesh.fsdp={fsdp}" if fsdp != 1 else "")
         raise ValueError(
-            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's data "
-            f"axis (mesh.data={config.mesh.data}: {mesh.shape['data']} devices)"
+            f"train.batch_size={config.train.batch_size} must be divisible by the mesh's batch "
+            f"axes ({axes}: {shards} devices)"
         )
 
 
-def check_run_config(config, task=None) -> tuple[Any, ModelConfig]:
+def check_run_config(config, task=None, *, devices=None) -> tuple[Any, ModelConfig]:
     """The task and ``ModelConfig`` of a run config, after checking ``config.train`` (every
-    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on this process's
-    devices); ``ValueError`` naming the field for any impossible setting (nothing is trained or
-    written). ``task``: the config's task if already built (``build_task(config)``)."""
+    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on ``devices``,
+    default this process's); ``ValueError`` naming the field for any impossible setting
+    (nothing is trained or written). ``task``: the config's task if already built
+    (``build_task(config)``)."""
     _check_train_config(config.train)
     task = build_task(config) if task is None else task
     model_config = model_config_for(config, task)
-    _check_mesh(config)
+    _check_mesh(config, devices)
     return task, model_config

@@ -196,7 +196,7 @@ def _check_buildable(config, points: list[SweepPoint]) -> None:
     if len(errors) == len(points):
         point, error = errors[0]
         raise ValueError(f"{error} (at every point of the sweep, e.g. {point.name})")
-    sharding.make_mesh(config.mesh.data, config.mesh.model)
+    sharding.mesh_from_config(config.mesh)
 
 
 def run_sweep(
