@@ -153,8 +153,9 @@ def test_encoder_scanned_equals_unrolled_values_and_gradients(key):
     assert_trees_close(grads(unrolled, loss), grads(scanned, loss), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
-@pytest.mark.parametrize("scan", [False, True])
+# Each policy in one layout (both layouts take the policy from scan._checkpoint): half the
+# compiles.
+@pytest.mark.parametrize("remat, scan", [("full", True), ("dots", False)])
 def test_remat_policies_equal_no_remat(remat, scan, key):
     config = DECODER.replace(num_layers=2, scan_layers=scan)
     params = random_params(nnx.eval_shape(lambda: _build(config)), seed=3)
