@@ -17,6 +17,7 @@ from attnjax.functional.masks import (
     segment_mask,
     sliding_window_mask,
 )
+from attnjax.functional.recompute import pattern_from_lse
 from attnjax.functional.positional import (
     alibi_bias,
     alibi_slopes,
@@ -39,6 +40,7 @@ __all__ = [
     "dot_product_attention",
     "masked_softmax",
     "padding_mask",
+    "pattern_from_lse",
     "segment_mask",
     "single_head_attention",
     "sinusoidal_embedding",

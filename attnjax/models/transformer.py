@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int, Shaped
 from attnjax import functional as F
 from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
-from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
+from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder, make_norm
 from attnjax.layers._checks import check_in_range, check_positions, trusted_inputs
 from attnjax.models.config import ModelConfig
 
@@ -79,9 +79,17 @@ class TransformerBlock(nnx.Module):
         positions: Int[ArrayT, "#B T"] | None = None,
         cache: KVCache | None = None,
         return_pattern: bool = False,
+        edits: Interventions | None = None,
+        record: Recorder | None = None,
     ):
-        """``x`` [B, T, D] → [B, T, D]; extra outputs as ``MultiHeadAttention.__call__``."""
+        """``x`` [B, T, D] → [B, T, D]; extra outputs as ``MultiHeadAttention.__call__``.
+
+        ``edits``: this layer's slice of ``Interventions``; ``record``: a ``Recorder`` that
+        receives the activations it names (``attnjax.layers.probe.NAMES``)."""
         pre = self.norm_position == "pre"
+        x = x if edits is None else edits.edit_residual(x)
+        put = (lambda name, value: None) if record is None else record.put
+        put("resid_pre", x)
         outputs = self.attention(
             self.attention_norm(x) if pre else x,
             mask=mask,
@@ -89,6 +97,8 @@ class TransformerBlock(nnx.Module):
             positions=positions,
             cache=cache,
             return_pattern=return_pattern,
+            edits=edits,
+            record=record,
         )
         attended, extras = (
             (outputs, ())
@@ -98,12 +108,13 @@ class TransformerBlock(nnx.Module):
                 outputs[1:],
             )
         )
-        if pre:
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        else:
-            x = self.attention_norm(x + self.dropout(attended))
-            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        put("attn_out", attended)
+        x = x + self.dropout(attended) if pre else self.attention_norm(x + self.dropout(attended))
+        put("resid_mid", x)
+        mlp_out = self.mlp(self.mlp_norm(x) if pre else x, record)
+        put("mlp_out", mlp_out)
+        x = x + self.dropout(mlp_out) if pre else self.mlp_norm(x + self.dropout(mlp_out))
+        put("resid_post", x)
         return (x, *extras) if extras else x
 
 
@@ -190,25 +201,45 @@ def run_blocks(
     positions=None,
     return_patterns: bool = False,
     return_hidden_states: bool = False,
+    capture=(),
+    interventions: Interventions | None = None,
 ):
     """``x`` through every block, then ``final_norm`` (if any).
 
     Returns ``(x, extras)``: ``extras`` holds the patterns [L, B, N, T, S] if asked, then the
     hidden states [L+1, B, T, D] (after the embeddings and after each block; the last one after
-    the final norm) if asked.
+    the final norm) if asked, then, if ``capture`` names activations, a dict of them stacked
+    over layers ([L, ...], see ``attnjax.layers.probe.NAMES``) plus ``"resid_final"`` [B, T, D]
+    (after the final norm). ``interventions`` (leading L axes) edit the pass.
     """
-    hidden, patterns = [x], []
-    for block in blocks:
-        out = block(x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns)
+    if interventions is not None:
+        interventions.check(len(blocks), blocks[0].attention.num_heads)
+    hidden, patterns, records = [x], [], []
+    for i, block in enumerate(blocks):
+        edits = None if interventions is None else interventions.layer(i)
+        record = Recorder(capture) if capture else None
+        out = block(
+            x,
+            mask=mask,
+            bias=bias,
+            positions=positions,
+            return_pattern=return_patterns,
+            edits=edits,
+            record=record,
+        )
         x, pattern = out if return_patterns else (out, None)
         hidden.append(x)
         patterns.append(pattern)
+        records.append(None if record is None else record.values)
     if final_norm is not None:
         x = final_norm(x)
         hidden[-1] = x
     extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
         (jnp.stack(hidden),) if return_hidden_states else ()
     )
+    if capture:
+        captured = jax.tree.map(lambda *layers: jnp.stack(layers), *records)
+        extras += ({**captured, "resid_final": x},)
     return x, extras
 
 
@@ -250,6 +281,8 @@ class DecoderLM(nnx.Module):
         mask: Bool[ArrayT, ...] | None = None,
         return_patterns: bool = False,
         return_hidden_states: bool = False,
+        capture=(),
+        interventions: Interventions | None = None,
     ):
         """Logits [B, T, V] for ``tokens`` [B, T] (causal).
 
@@ -257,8 +290,11 @@ class DecoderLM(nnx.Module):
         segment masks. Extras, as with ``Encoder``: ``return_patterns`` adds the patterns
         [L, B, N, T, T] (float32); ``return_hidden_states`` adds the residual stream after the
         embeddings and after every block, [L+1, B, T, D] (the last one after the final norm).
-        Returns ``logits``, or the tuple ``(logits, patterns?, hidden_states?)`` with only the
-        requested extras, in that order.
+        ``capture`` (activation names, ``attnjax.layers.probe.NAMES``) adds a dict of them,
+        each [L, ...], plus ``"resid_final"``; ``interventions`` edit the pass (arrays with a
+        leading L axis, see ``attnjax.layers.Interventions``).
+        Returns ``logits``, or the tuple ``(logits, patterns?, hidden_states?, captured?)`` with
+        only the requested extras, in that order.
         """
         self._check_tokens(tokens)
         length = tokens.shape[1]
@@ -273,6 +309,8 @@ class DecoderLM(nnx.Module):
             positions=positions,
             return_patterns=return_patterns,
             return_hidden_states=return_hidden_states,
+            capture=capture,
+            interventions=interventions,
         )
         logits = self._unembed(x)
         return (logits, *extras) if extras else logits
@@ -319,6 +357,10 @@ class DecoderLM(nnx.Module):
         if self.config.position_embedding != "alibi":
             return None
         return F.alibi_bias(self.config.num_heads, query_length, key_length, offset=offset)
+
+    def logits_from_residual(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
+        """The final norm and unembedding applied to any residual ``x`` (the logit lens)."""
+        return self._logits(x)
 
     def _logits(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
         """Final norm, then unembedding."""
