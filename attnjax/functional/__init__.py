@@ -17,13 +17,13 @@ from attnjax.functional.masks import (
     segment_mask,
     sliding_window_mask,
 )
-from attnjax.functional.recompute import pattern_from_lse
 from attnjax.functional.positional import (
     alibi_bias,
     alibi_slopes,
     apply_rope,
     sinusoidal_embedding,
 )
+from attnjax.functional.recompute import pattern_from_lse
 
 __all__ = [
     "IMPLEMENTATIONS",

@@ -268,7 +268,9 @@ class MultiHeadAttention(nnx.Module):
         out, pattern = result[0], (result[1] if return_pattern else None)
         if edits is not None or record is not None:
             masking = dict(bias=bias, mask=mask, is_causal=is_causal)
-            out = self._probe(q, k, v, out, result[-1] if want_lse else None, masking, edits, record)
+            out = self._probe(
+                q, k, v, out, result[-1] if want_lse else None, masking, edits, record
+            )
         y = jnp.einsum("BTNR,NRD->BTD", out, self.value_up[...].astype(out.dtype))
         if self.output_bias is not None:
             y = y + self.output_bias[...].astype(y.dtype)
