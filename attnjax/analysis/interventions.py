@@ -65,7 +65,9 @@ def _sizes(model) -> tuple[int, int]:
     return model.config.num_layers, model.config.num_heads
 
 
-def mean_moved(model, reference: Int[ArrayT, "B T"], **call_kwargs) -> Float[ArrayT, "L 1 T N R"]:
+def mean_moved(
+    model, reference: Int[ArrayT, "Bref T"], **call_kwargs
+) -> Float[ArrayT, "L 1 T N R"]:
     """Each head's moved values averaged over the batch of ``reference`` inputs: the source
     of mean-ablation (``Interventions(head_weight=..., head_source=mean_moved(...))``)."""
     _, cache = run_with_cache(model, reference, ("moved",), **call_kwargs)
@@ -128,11 +130,11 @@ def ablation_scan(
     metric,
     *,
     method: str = "zero",
-    reference: Int[ArrayT, "B T"] | None = None,
+    reference: Int[ArrayT, "Bref T"] | None = None,
     pairs: bool = False,
     chunk_size: int = 16,
     **call_kwargs,
-) -> Float[ArrayT, "L N"]:
+) -> Float[ArrayT, "..."]:
     """``metric(ablated) - metric(clean)`` for each head ablated alone: ``[L, N]``.
 
     ``method="zero"`` sets the head's output to 0 (``head_scale`` 0); ``"mean"`` replaces its

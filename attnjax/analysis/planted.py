@@ -94,12 +94,12 @@ def _set_weights(model: DecoderLM, rng: np.random.Generator) -> None:
     positions[np.arange(t), pos] = 1.0
     unembed = np.zeros((d, v))
     unembed[out, np.arange(v)] = _LOGIT
-    model.embeddings.token.embedding.value = jnp.asarray(embed, jnp.float32)
-    model.embeddings.position.embedding.value = jnp.asarray(positions, jnp.float32)
-    model.unembed.kernel.value = jnp.asarray(unembed, jnp.float32)
+    model.embeddings.token.embedding[...] = jnp.asarray(embed, jnp.float32)
+    model.embeddings.position.embedding[...] = jnp.asarray(positions, jnp.float32)
+    model.unembed.kernel[...] = jnp.asarray(unembed, jnp.float32)
     for block in model.blocks:  # attention only
         for param in (block.mlp.up.kernel, block.mlp.down.kernel):
-            param.value = jnp.zeros_like(param.value)
+            param[...] = jnp.zeros_like(param[...])
     # After RMSNorm a position holding `ones` one-hot entries is multiplied by sqrt(d / ones).
     gain0, gain1 = math.sqrt(d / 2), math.sqrt(d / 3)
     match = math.sqrt(_SCORE * math.sqrt(h))  # q·k / sqrt(h) = _SCORE for a match
@@ -124,7 +124,7 @@ def _set_weights(model: DecoderLM, rng: np.random.Generator) -> None:
             (attention.value_down, down[layer]),
             (attention.value_up, up[layer]),
         ):
-            param.value = jnp.asarray(value, jnp.float32)
+            param[...] = jnp.asarray(value, jnp.float32)
 
 
 def _random_heads(rng, d, n, k, h, v):

@@ -362,11 +362,11 @@ class DecoderLM(nnx.Module):
         """The final norm and unembedding applied to any residual ``x`` (the logit lens)."""
         return self._logits(x)
 
-    def _logits(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
+    def _logits(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
         """Final norm, then unembedding."""
         return self._unembed(x if self.final_norm is None else self.final_norm(x))
 
-    def _unembed(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
+    def _unembed(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
         logits = self.embeddings.token.attend(x) if self.unembed is None else self.unembed(x)
         return logits.astype(jnp.float32)
 
