@@ -134,7 +134,7 @@ def ablation_scan(
     pairs: bool = False,
     chunk_size: int = 16,
     **call_kwargs,
-) -> Float[ArrayT, "..."]:
+) -> Float[ArrayT, ...]:
     """``metric(ablated) - metric(clean)`` for each head ablated alone: ``[L, N]``.
 
     ``method="zero"`` sets the head's output to 0 (``head_scale`` 0); ``"mean"`` replaces its
