@@ -54,6 +54,7 @@ from attnjax.analysis.patterns import (
     text_patterns,
 )
 from attnjax.analysis.planted import PlantedCircuit, planted_induction_model
+from attnjax.analysis.report import HeadReport, WordAblation, induction_report, word_ablation
 from attnjax.analysis.scores import (
     HeadScores,
     first_token_score,
@@ -69,6 +70,10 @@ from attnjax.analysis.tiles import pattern_tile
 from attnjax.analysis.word import WordFocus, WordInContext, word_focus, word_in_context
 
 __all__ = [
+    "HeadReport",
+    "WordAblation",
+    "induction_report",
+    "word_ablation",
     "DETECTORS",
     "HeadDetectors",
     "PatchingResult",

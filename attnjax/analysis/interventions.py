@@ -309,7 +309,7 @@ def _frozen_norm(norm, final):
 
 
 def _unembedding(model) -> Float[ArrayT, "D V"]:
-    if model.unembed is None:
+    if getattr(model, "unembed", None) is None:  # tied (or an encoder: its embeddings)
         return model.embeddings.token.embedding[...].T
     return model.unembed.kernel[...]
 
