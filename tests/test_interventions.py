@@ -328,3 +328,32 @@ def test_planted_induction_circuit_is_found(num_heads, num_kv_heads):
     estimate = attribution(model, clean, other, score)
     assert np.sign(estimate.heads[induction]) == np.sign(patched.heads[induction]) == 1
     assert np.argmax(np.abs(estimate.heads)) == np.argmax(np.abs(patched.heads))
+
+
+def test_scan_layers_capture_and_interventions_equal_the_unrolled_model(key):
+    k1, k2 = jax.random.split(key)
+    tokens = _tokens(k1)
+    seed = int(jax.random.randint(k2, (), 0, 2**30))
+    models = [
+        DecoderLM(
+            ModelConfig(
+                vocab_size=V, max_seq_len=16, model_dim=16, num_layers=2, num_heads=4,
+                num_kv_heads=2, scan_layers=scan,
+            ),
+            rngs=nnx.Rngs(seed),
+        )
+        for scan in (False, True)
+    ]  # fmt: skip
+    names = ("head_out", "pattern", "resid_post", "k")
+    (plain, unrolled), (scanned_logits, scanned) = (
+        run_with_cache(m, tokens, names) for m in models
+    )
+    np.testing.assert_allclose(scanned_logits, plain, atol=1e-5)
+    for name in (*names, "resid_final"):
+        np.testing.assert_allclose(scanned[name], unrolled[name], atol=1e-5, err_msg=name)
+    metric = _loss_at(tokens)
+    np.testing.assert_allclose(
+        ablation_scan(models[1], tokens, metric),
+        ablation_scan(models[0], tokens, metric),
+        atol=2e-6,
+    )

@@ -37,7 +37,8 @@ class ReconciliationError(AssertionError):
 
 @dataclasses.dataclass(frozen=True)
 class LeafInfo:
-    """One parameter leaf: its path (``blocks/0/attention/query``), shape, dtype, size."""
+    """One parameter leaf: its path (``blocks/0/attention/query``; with ``scan_layers``
+    ``blocks/attention/query``, shape [L, ...]), shape, dtype, size."""
 
     path: str
     shape: tuple[int, ...]
@@ -105,11 +106,11 @@ _CATEGORY_RULES = (
     (r"embeddings/position/embedding", "embedding/position"),
     (r"embeddings/token_type/embedding", "embedding/token_type"),
     (r"embeddings/norm/(scale|bias)", "norms"),
-    (r"blocks/\d+/attention/(query|key|value_down|value_up)", "attention"),
-    (r"blocks/\d+/attention/(query|key|value|output)_bias", "attention_biases"),
-    (r"blocks/\d+/(attention|mlp)_norm/(scale|bias)", "norms"),
-    (r"blocks/\d+/mlp/(up|down)/kernel", "mlp"),
-    (r"blocks/\d+/mlp/(up|down)/bias", "mlp_biases"),
+    (r"blocks/(\d+/)?attention/(query|key|value_down|value_up)", "attention"),
+    (r"blocks/(\d+/)?attention/(query|key|value|output)_bias", "attention_biases"),
+    (r"blocks/(\d+/)?(attention|mlp)_norm/(scale|bias)", "norms"),
+    (r"blocks/(\d+/)?mlp/(up|down)/kernel", "mlp"),
+    (r"blocks/(\d+/)?mlp/(up|down)/bias", "mlp_biases"),
     (r"final_norm/(scale|bias)", "norms"),
     (r"unembed/kernel", "unembedding"),
 )

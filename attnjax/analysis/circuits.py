@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 
 from attnjax.functional._types import ArrayT
 from attnjax.layers import MultiHeadAttention
+from attnjax.models.scan import layer_block, num_blocks
 
 __all__ = [
     "FactoredCircuit",
@@ -131,9 +132,10 @@ def attention_module(model: Any, layer: int | None = None) -> MultiHeadAttention
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError(f"model {type(model).__name__} has no transformer blocks")
-    if layer is None or not -len(blocks) <= layer < len(blocks):
-        raise ValueError(f"layer={layer} is out of range for a model of {len(blocks)} layers")
-    return blocks[layer].attention
+    count = num_blocks(blocks)
+    if layer is None or not -count <= layer < count:
+        raise ValueError(f"layer={layer} is out of range for a model of {count} layers")
+    return layer_block(blocks, layer).attention
 
 
 def _kv_head_of_each_query_head(attention: MultiHeadAttention) -> np.ndarray:
@@ -160,7 +162,7 @@ def ov_circuit(model: Any, layer: int | None = None) -> FactoredCircuit:
 def circuit_spectra(model: Any) -> dict[str, Float[np.ndarray, "L N r"]]:
     """Singular values of every layer's QK (``"qk"``, [L, N, H]) and OV (``"ov"``,
     [L, N, R]) circuits, all layers in one batched SVD."""
-    layers = range(len(model.blocks))
+    layers = range(num_blocks(model.blocks))
     spectra = {}
     for name, circuit in (("qk", qk_circuit), ("ov", ov_circuit)):
         circuits = [circuit(model, i) for i in layers]

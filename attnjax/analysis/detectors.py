@@ -71,8 +71,8 @@ def copying_score(model) -> Float[np.ndarray, "L N"]:
     unembed = np.asarray(_unembedding(model), np.float64)  # [D, V]
     through = unembed @ embed  # [D, D]: out of the residual, back in through the embeddings
     rows = []
-    for block in model.blocks:
-        attention = block.attention
+    for layer in range(model.config.num_layers):
+        attention = model.block(layer).attention
         down = np.asarray(attention.value_down[...], np.float64)  # [D, K, R]
         up = np.asarray(attention.value_up[...], np.float64)  # [N, R, D]
         group = attention.num_heads // attention.num_kv_heads

@@ -3,6 +3,7 @@
 from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import Encoder, bert_config
 from attnjax.models.grid import FIXED, point_config
+from attnjax.models.scan import stack_layers, unstack_layers
 from attnjax.models.transformer import (
     DecoderLM,
     Embeddings,
@@ -21,5 +22,7 @@ __all__ = [
     "bert_config",
     "greedy_generate",
     "point_config",
+    "stack_layers",
     "stack_patterns",
+    "unstack_layers",
 ]

@@ -27,6 +27,9 @@ POSITION_EMBEDDINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORM_POSITIONS = ("pre", "post")
 ARCHITECTURES = ("decoder", "encoder")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots")  # see attnjax.models.scan
+# scan_layers=None scans models of at least this many layers (see resolved_scan_layers).
+SCAN_LAYERS_FROM = 8
 FLAGS = (
     "attention_bias",
     "mlp_bias",
@@ -44,6 +47,7 @@ _CHOICES = {
     "position_embedding": POSITION_EMBEDDINGS,
     "dtype": DTYPES,
     "param_dtype": DTYPES,
+    "remat": REMAT_POLICIES,
 }
 
 
@@ -58,6 +62,11 @@ class ModelConfig:
     The defaults are a small GPT-style decoder (pre-LN, learned positions, tied unembedding,
     no biases in attention). ``architecture="encoder"`` is a BERT-style encoder (post-LN,
     bidirectional attention, token-type embeddings).
+
+    ``scan_layers`` stacks the L blocks' parameters on a leading L axis and runs them with
+    ``jax.lax.scan`` (compile time independent of depth); None (default) scans models of at
+    least ``SCAN_LAYERS_FROM`` layers. ``remat`` (``"none"``, ``"full"``, ``"dots"``)
+    rematerialises each block in the backward pass (see ``attnjax.models.scan``).
     """
 
     vocab_size: int = 256
@@ -89,6 +98,8 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02
+    scan_layers: bool | None = None
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "max_seq_len", "num_layers"):
@@ -112,6 +123,8 @@ class ModelConfig:
             check_choice("attention_implementation", self.attention_implementation, IMPLEMENTATIONS)
         for name in FLAGS:
             as_bool(name, getattr(self, name))
+        if self.scan_layers is not None:
+            as_bool("scan_layers", self.scan_layers)
         for name in ("dropout_rate", "attention_dropout_rate"):
             as_rate(name, getattr(self, name))
         for name in ("norm_eps", "rope_base"):
@@ -141,6 +154,14 @@ class ModelConfig:
     def resolved_mlp_dim(self) -> int:
         """F: MLP hidden width."""
         return 4 * self.model_dim if self.mlp_dim is None else self.mlp_dim
+
+    @property
+    def resolved_scan_layers(self) -> bool:
+        """Whether the blocks are stacked and run as a scan (``scan_layers``; when None, from
+        ``SCAN_LAYERS_FROM`` layers on)."""
+        if self.scan_layers is None:
+            return self.num_layers >= SCAN_LAYERS_FROM
+        return self.scan_layers
 
     @property
     def is_causal(self) -> bool:

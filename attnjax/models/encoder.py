@@ -15,7 +15,14 @@ from jaxtyping import Int, Shaped
 
 from attnjax.functional._types import ArrayT
 from attnjax.models.config import ModelConfig
-from attnjax.models.transformer import Embeddings, TransformerBlock, _norm, run_blocks
+from attnjax.models.scan import layer_block
+from attnjax.models.transformer import (
+    Embeddings,
+    TransformerBlock,
+    _norm,
+    make_blocks,
+    run_blocks,
+)
 
 __all__ = ["Encoder", "bert_config"]
 
@@ -47,8 +54,8 @@ class Encoder(nnx.Module):
     ``model(tokens)`` → the last hidden states [B, T, D]. Build with
     ``Encoder(config, rngs=nnx.Rngs(0))``; ``config.architecture`` must be ``"encoder"``
     (``bert_config(...)`` gives BERT's layout). Parameter paths are those of ``DecoderLM``
-    (``embeddings/...``, ``blocks/<i>/...``, ``final_norm`` if ``config.final_norm``); there is
-    no unembedding.
+    (``embeddings/...``, ``blocks/<i>/...``, or ``blocks/...`` stacked [L, ...] with
+    ``scan_layers``; ``final_norm`` if ``config.final_norm``); there is no unembedding.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -58,9 +65,7 @@ class Encoder(nnx.Module):
             raise ValueError("Encoder does not support position_embedding='alibi'")
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
-        self.blocks = nnx.List(
-            [TransformerBlock(config, rngs=rngs) for _ in range(config.num_layers)]
-        )
+        self.blocks = make_blocks(config, rngs)
         self.final_norm = _norm(config, rngs) if config.final_norm else None
 
     def __call__(
@@ -102,8 +107,13 @@ class Encoder(nnx.Module):
             return_hidden_states=return_hidden_states,
             capture=capture,
             interventions=interventions,
+            remat=self.config.remat,
         )
         return (x, *extras) if extras else x
+
+    def block(self, layer: int) -> TransformerBlock:
+        """Block ``layer`` (with ``scan_layers``, a copy holding that layer's slice)."""
+        return layer_block(self.blocks, layer)
 
     def _check_inputs(self, tokens, token_types, attention_mask) -> None:
         if tokens.ndim != 2:

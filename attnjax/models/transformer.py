@@ -13,8 +13,23 @@ from attnjax.functional._types import ArrayT
 from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder, make_norm
 from attnjax.layers._checks import check_in_range, check_positions, trusted_inputs
 from attnjax.models.config import ModelConfig
+from attnjax.models.scan import (
+    is_stacked,
+    layer_block,
+    num_blocks,
+    remat_block,
+    scan_blocks,
+    stack_modules,
+)
 
-__all__ = ["DecoderLM", "Embeddings", "TransformerBlock", "run_blocks", "stack_patterns"]
+__all__ = [
+    "DecoderLM",
+    "Embeddings",
+    "TransformerBlock",
+    "make_blocks",
+    "run_blocks",
+    "stack_patterns",
+]
 
 
 def _norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -191,6 +206,14 @@ def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
     return jnp.stack(patterns)
 
 
+def make_blocks(config: ModelConfig, rngs: nnx.Rngs):
+    """The L blocks of ``config``: an ``nnx.List``, or with ``config.resolved_scan_layers`` one
+    ``TransformerBlock`` whose leaves are stacked [L, ...] (the same weights for the same
+    ``rngs``: the blocks are created in the same order either way, then stacked)."""
+    blocks = [TransformerBlock(config, rngs=rngs) for _ in range(config.num_layers)]
+    return stack_modules(blocks) if config.resolved_scan_layers else nnx.List(blocks)
+
+
 def run_blocks(
     blocks,
     final_norm,
@@ -203,20 +226,24 @@ def run_blocks(
     return_hidden_states: bool = False,
     capture=(),
     interventions: Interventions | None = None,
+    remat: str = "none",
 ):
     """``x`` through every block, then ``final_norm`` (if any).
 
+    ``blocks`` is a list of blocks (unrolled) or one stacked block (run with ``jax.lax.scan``);
+    ``remat`` rematerialises each block in the backward pass (``attnjax.models.scan``).
     Returns ``(x, extras)``: ``extras`` holds the patterns [L, B, N, T, S] if asked, then the
     hidden states [L+1, B, T, D] (after the embeddings and after each block; the last one after
     the final norm) if asked, then, if ``capture`` names activations, a dict of them stacked
     over layers ([L, ...], see ``attnjax.layers.probe.NAMES``) plus ``"resid_final"`` [B, T, D]
     (after the final norm). ``interventions`` (leading L axes) edit the pass.
     """
+    x0 = x
+    first = blocks if is_stacked(blocks) else blocks[0]
     if interventions is not None:
-        interventions.check(len(blocks), blocks[0].attention.num_heads)
-    hidden, patterns, records = [x], [], []
-    for i, block in enumerate(blocks):
-        edits = None if interventions is None else interventions.layer(i)
+        interventions.check(num_blocks(blocks), first.attention.num_heads)
+
+    def layer(block, x, edits):
         record = Recorder(capture) if capture else None
         out = block(
             x,
@@ -228,17 +255,28 @@ def run_blocks(
             record=record,
         )
         x, pattern = out if return_patterns else (out, None)
-        hidden.append(x)
-        patterns.append(pattern)
-        records.append(None if record is None else record.values)
+        recorded = None if record is None else record.values
+        return x, (pattern, x if return_hidden_states else None, recorded)
+
+    if is_stacked(blocks):  # interventions: per-layer slices as the scan's xs
+        x, (patterns, hidden, captured) = scan_blocks(blocks, layer, x, interventions, remat=remat)
+    else:
+        outputs = []
+        for i, block in enumerate(blocks):
+            edits = None if interventions is None else interventions.layer(i)
+            x, out = remat_block(block, remat, lambda b, x=x, e=edits: layer(b, x, e))
+            outputs.append(out)
+        patterns = stack_patterns([o[0] for o in outputs]) if return_patterns else None
+        hidden = jnp.stack([o[1] for o in outputs]) if return_hidden_states else None
+        captured = jax.tree.map(lambda *ls: jnp.stack(ls), *[o[2] for o in outputs])
     if final_norm is not None:
         x = final_norm(x)
-        hidden[-1] = x
-    extras = ((stack_patterns(patterns),) if return_patterns else ()) + (
-        (jnp.stack(hidden),) if return_hidden_states else ()
-    )
+    extras = ()
+    if return_patterns:
+        extras += (patterns,)
+    if return_hidden_states:
+        extras += (jnp.concatenate([x0[None], hidden[:-1], x[None]]),)
     if capture:
-        captured = jax.tree.map(lambda *layers: jnp.stack(layers), *records)
         extras += ({**captured, "resid_final": x},)
     return x, extras
 
@@ -255,9 +293,7 @@ class DecoderLM(nnx.Module):
             raise ValueError(f"DecoderLM needs architecture='decoder', got {config.architecture!r}")
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
-        self.blocks = nnx.List(
-            [TransformerBlock(config, rngs=rngs) for _ in range(config.num_layers)]
-        )
+        self.blocks = make_blocks(config, rngs)
         self.final_norm = _norm(config, rngs) if config.final_norm else None
         self.unembed = (
             None
@@ -311,47 +347,86 @@ class DecoderLM(nnx.Module):
             return_hidden_states=return_hidden_states,
             capture=capture,
             interventions=interventions,
+            remat=self.config.remat,
         )
         logits = self._unembed(x)
         return (logits, *extras) if extras else logits
 
-    def init_cache(self, batch_size: int, max_length: int | None = None) -> tuple[KVCache, ...]:
-        """Empty key/value caches, one per layer, for up to ``max_length`` tokens."""
+    def block(self, layer: int) -> TransformerBlock:
+        """Block ``layer`` (with ``scan_layers``, a copy holding that layer's slice)."""
+        return layer_block(self.blocks, layer)
+
+    def init_cache(self, batch_size: int, max_length: int | None = None):
+        """Empty key/value caches for up to ``max_length`` tokens: a tuple of L ``KVCache``s,
+        or with ``scan_layers`` one ``KVCache`` stacked on a leading L axis (key
+        [L, B, S, K, H], value [L, B, S, K, R], length [L])."""
         max_length = self.config.max_seq_len if max_length is None else max_length
         if max_length > self.config.max_seq_len:
             raise ValueError(
                 f"max_length={max_length} exceeds the model's max_seq_len={self.config.max_seq_len}"
             )
+        dtype = self.config.compute_dtype
+        if is_stacked(self.blocks):
+            one = self.block(0).attention.init_cache(batch_size, max_length, dtype)
+            layers = num_blocks(self.blocks)
+            return jax.tree.map(lambda a: jnp.zeros((layers, *a.shape), a.dtype), one)
         return tuple(
-            block.attention.init_cache(batch_size, max_length, self.config.compute_dtype)
-            for block in self.blocks
+            block.attention.init_cache(batch_size, max_length, dtype) for block in self.blocks
         )
 
-    def decode(
-        self, tokens: Shaped[ArrayT, "B T"], cache: tuple[KVCache, ...]
-    ) -> tuple[Float[ArrayT, "B T V"], tuple[KVCache, ...]]:
+    def decode(self, tokens: Shaped[ArrayT, "B T"], cache):
         """Append ``tokens`` (a prompt, or one token per sequence) to ``cache``.
 
-        Returns the logits of the new positions and the updated cache. Feeding a sequence in
+        ``cache`` is what ``init_cache`` gives (or a previous ``decode`` returned). Returns the
+        logits [B, T, V] of the new positions and the updated cache. Feeding a sequence in
         any split of chunks gives the same logits as ``model(sequence)``. Tokens past the
         cache's ``max_length`` raise ``ValueError("cache overflow: ...")``; under ``jit``, a
         ``JaxRuntimeError`` with that message when the program runs.
         """
         self._check_tokens(tokens)
-        if len(cache) != len(self.blocks):
-            raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.blocks)}")
-        offset = cache[0].length
+        stacked = is_stacked(self.blocks)
+        first = self._check_cache(cache, stacked)
+        offset = first.length
         length = tokens.shape[1]
-        cache[0].check_room(length)  # before the embeddings see positions past the cache
+        first.check_room(length)  # before the embeddings see positions past the cache
         positions = (jnp.arange(length) + offset)[None]
         x = self.embeddings(tokens, positions)
-        bias = self._alibi(length, cache[0].max_length, offset)
-        new_cache = []
-        with trusted_inputs():  # every layer's cache holds as many tokens as cache[0]: checked
-            for block, layer_cache in zip(self.blocks, cache, strict=False):
-                x, layer_cache = block(x, bias=bias, positions=positions, cache=layer_cache)
-                new_cache.append(layer_cache)
-        return self._logits(x), tuple(new_cache)
+        bias = self._alibi(length, first.max_length, offset)
+
+        def layer(block, x, layer_cache):
+            return block(x, bias=bias, positions=positions, cache=layer_cache)
+
+        with trusted_inputs():  # every layer's cache holds as many tokens as the first: checked
+            if stacked:
+                x, new_cache = scan_blocks(self.blocks, layer, x, cache)
+            else:
+                new_cache = []
+                for block, layer_cache in zip(self.blocks, cache, strict=True):
+                    x, layer_cache = layer(block, x, layer_cache)
+                    new_cache.append(layer_cache)
+                new_cache = tuple(new_cache)
+        return self._logits(x), new_cache
+
+    def _check_cache(self, cache, stacked: bool) -> KVCache:
+        """The first layer's cache, after checking ``cache`` has the model's layout and L."""
+        layers = num_blocks(self.blocks)
+        if stacked:
+            if not isinstance(cache, KVCache) or cache.key.ndim != 5:
+                raise ValueError(
+                    "cache must be one KVCache stacked on a leading L axis (scan_layers=True); "
+                    "use model.init_cache"
+                )
+            if cache.key.shape[0] != layers:
+                raise ValueError(f"cache has {cache.key.shape[0]} layers, the model has {layers}")
+            return jax.tree.map(lambda a: a[0], cache)
+        if isinstance(cache, KVCache) or not isinstance(cache, (tuple, list)):
+            raise ValueError(
+                "cache must be a tuple of one KVCache per layer (scan_layers=False); "
+                "use model.init_cache"
+            )
+        if len(cache) != layers:
+            raise ValueError(f"cache has {len(cache)} layers, the model has {layers}")
+        return cache[0]
 
     def _alibi(self, query_length, key_length, offset):
         if self.config.position_embedding != "alibi":

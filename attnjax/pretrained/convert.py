@@ -23,6 +23,7 @@ import numpy as np
 from attnjax.functional._checks import as_int
 from attnjax.models.config import ModelConfig
 from attnjax.models.encoder import BERT_SETTINGS
+from attnjax.models.scan import stack_layers
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_weights", "model_config"]
 
@@ -332,7 +333,7 @@ def _tree(get: _Tensors, config: ModelConfig, layout: _Layout) -> Params:
     if not config.tie_embeddings:
         head = _Tensors(get.tensors, get.path, layout.unembed)
         params["unembed"] = {"kernel": head(layout.unembed, (vocab, d)).T}
-    return params
+    return stack_layers(params) if config.resolved_scan_layers else params
 
 
 def convert_weights(

@@ -9,8 +9,10 @@ attention heads and the MLP hidden width are split over ``model``:
 - everything else (embeddings, norms, output biases) is replicated.
 
 The rules match parameter paths, so the same rules place the optimizer's moments (whose
-paths end with the parameter's path). A leaf whose axis does not divide by the ``model`` axis
-size is replicated instead. XLA inserts the collectives.
+paths end with the parameter's path). Blocks stacked for a scan (``scan_layers``: paths
+``blocks/attention/query``, no layer index, shape [L, ...]) get the same spec behind an
+unsharded leading L axis (each scan step reads one layer whole). A leaf whose axis does not
+divide by the ``model`` axis size is replicated instead. XLA inserts the collectives.
 """
 
 from __future__ import annotations
@@ -77,8 +79,18 @@ def path_string(path) -> str:
     return "/".join(names)
 
 
+# A leaf of stacked blocks: "blocks/" followed by a name, not by a layer index.
+_STACKED = re.compile(r"(^|/)blocks/[^/\d][^/]*(/|$)")
+
+
 def partition_spec(path: str, shape: tuple[int, ...], model_size: int) -> PartitionSpec:
-    """The spec of a leaf at ``path`` ("blocks/0/attention/query") with ``shape``."""
+    """The spec of a leaf at ``path`` ("blocks/0/attention/query") with ``shape``.
+
+    A stacked leaf ("blocks/attention/query", shape [L, ...]) gets ``P(None, *spec)``.
+    """
+    if _STACKED.search(path) and shape:
+        inner = partition_spec(path.replace("blocks/", "blocks/0/"), shape[1:], model_size)
+        return P(None, *inner) if len(inner) else P()
     for pattern, spec in SHARDING_RULES:
         if re.search(pattern, path) and len(spec) == len(shape):
             divisible = all(

@@ -77,7 +77,8 @@ def pool_metrics(per_batch: Sequence[Mapping[str, float | jax.Array]]) -> dict[s
 def _forward(graphdef, params, rest, batch, dropout_key=None):
     model = nnx.merge(graphdef, params, rest)
     if dropout_key is not None:
-        nnx.reseed(model, default=dropout_key)
+        # match_shape: a stream stacked over layers (scan_layers) gets one key per layer
+        nnx.reseed(model, policy="match_shape", default=dropout_key)
     with trusted_inputs():  # attnjax.data's tokens fit the model (checked by model_config_for)
         logits = model(batch.inputs)
     return masked_metrics(logits, batch.targets, batch.loss_mask)
