@@ -70,7 +70,7 @@ def mean_moved(
 ) -> Float[ArrayT, "L 1 T N R"]:
     """Each head's moved values averaged over the batch of ``reference`` inputs: the source
     of mean-ablation (``Interventions(head_weight=..., head_source=mean_moved(...))``)."""
-    _, cache = run_with_cache(model, reference, ("moved",), **call_kwargs)
+    _, cache = _compiled_cache(model, reference, ("moved",), call_kwargs)
     return cache["moved"].mean(axis=1, keepdims=True)
 
 
@@ -103,9 +103,12 @@ def _mapped(graphdef, state, inputs, call_kwargs, items, shared, *, metric, buil
 
 
 def _metric_of_many(model, inputs, metric, items, shared, build, chunk_size, call_kwargs):
+    """``(values, unedited)``: ``metric`` under each item's interventions, and without any (an
+    all-zero item, run in the same compiled program)."""
     graphdef, state = nnx.split(model)
+    items = jnp.concatenate([jnp.zeros_like(items[:1]), items])
     chunk_size = min(as_int("chunk_size", chunk_size, minimum=1), items.shape[0])
-    return _mapped(
+    values = _mapped(
         graphdef,
         state,
         inputs,
@@ -116,6 +119,27 @@ def _metric_of_many(model, inputs, metric, items, shared, build, chunk_size, cal
         build=build,
         chunk_size=chunk_size,
     )
+    return values[1:], values[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "names"))
+def _captured(graphdef, state, inputs, call_kwargs, *, names):
+    return run_with_cache(nnx.merge(graphdef, state), inputs, names, **call_kwargs)
+
+
+def _compiled_cache(model, inputs, names, call_kwargs):
+    graphdef, state = nnx.split(model)
+    return _captured(graphdef, state, inputs, call_kwargs, names=tuple(names))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "metric"))
+def _metric_jit(graphdef, state, inputs, call_kwargs, *, metric):
+    return metric(nnx.merge(graphdef, state)(inputs, **call_kwargs))
+
+
+def _compiled_metric(model, inputs, metric, call_kwargs):
+    graphdef, state = nnx.split(model)
+    return _metric_jit(graphdef, state, inputs, call_kwargs, metric=metric)
 
 
 def _one_hots(*shape: int) -> jax.Array:
@@ -153,8 +177,9 @@ def ablation_scan(
         build = _mean_ablate
     else:
         shared, build = None, _zero_ablate
-    values = _metric_of_many(model, inputs, metric, masks, shared, build, chunk_size, call_kwargs)
-    clean = metric(model(inputs, **call_kwargs))
+    values, clean = _metric_of_many(
+        model, inputs, metric, masks, shared, build, chunk_size, call_kwargs
+    )
     shape = (num_layers, num_heads) * (2 if pairs else 1)
     return (values - clean).reshape(shape)
 
@@ -172,7 +197,7 @@ class PatchingResult(NamedTuple):
 
 
 def _clean_sources(model, clean, call_kwargs):
-    _, cache = run_with_cache(model, clean, ("moved", "resid_pre"), **call_kwargs)
+    _, cache = _compiled_cache(model, clean, ("moved", "resid_pre"), call_kwargs)
     return cache["moved"], cache["resid_pre"]
 
 
@@ -200,10 +225,9 @@ def patching_scan(
     run = functools.partial(
         _metric_of_many, model, corrupted, metric, chunk_size=chunk_size, call_kwargs=call_kwargs
     )
-    heads = run(_one_hots(num_layers, num_heads), moved, _patch_heads)
-    positions = run(_one_hots(num_layers, clean.shape[1]), resid, _patch_residual)
-    clean_value = metric(model(clean, **call_kwargs))
-    corrupted_value = metric(model(corrupted, **call_kwargs))
+    heads, corrupted_value = run(_one_hots(num_layers, num_heads), moved, _patch_heads)
+    positions, _ = run(_one_hots(num_layers, clean.shape[1]), resid, _patch_residual)
+    clean_value = _compiled_metric(model, clean, metric, call_kwargs)
     return PatchingResult(
         heads=(heads - corrupted_value).reshape(num_layers, num_heads),
         positions=(positions - corrupted_value).reshape(num_layers, clean.shape[1]),
@@ -250,7 +274,7 @@ def attribution(
     corrupted_value, heads, positions = _patch_gradients(
         graphdef, state, corrupted, call_kwargs, moved, resid, metric=metric
     )
-    clean_value = metric(model(clean, **call_kwargs))
+    clean_value = _compiled_metric(model, clean, metric, call_kwargs)
     return PatchingResult(heads, positions, clean_value, corrupted_value)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from attnjax.analysis.contextual import find_word
 from attnjax.analysis.detectors import DETECTORS, HeadDetectors, detect_heads
-from attnjax.analysis.interventions import ablation_scan
+from attnjax.analysis.interventions import _compiled_metric, ablation_scan
 from attnjax.functional._checks import as_int
 
 __all__ = ["HeadReport", "WordAblation", "induction_report", "word_ablation"]
@@ -70,7 +70,7 @@ def induction_report(
     inputs = jnp.asarray(inputs)
     metric = masked_loss(inputs, targets, loss_mask)
     grid = ablation_scan(model, inputs, metric)
-    clean = float(metric(model(inputs)))
+    clean = float(_compiled_metric(model, inputs, metric, {}))
     detectors = detect_heads(model, seq_len=as_int("seq_len", seq_len, minimum=2), seed=seed)
     return HeadReport(np.asarray(grid), clean, detectors)
 
@@ -124,5 +124,5 @@ def word_ablation(model, tokenizer, sentences: Sequence[str], word: str) -> Word
     )
     inputs = jnp.asarray(batch.input_ids)
     grid = ablation_scan(model, inputs, similarity, **kwargs)
-    clean = float(similarity(model(inputs, **kwargs)))
+    clean = float(_compiled_metric(model, inputs, similarity, kwargs))
     return WordAblation(np.asarray(grid), clean, word)
