@@ -23,12 +23,15 @@ from attnjax import pretrained
 from attnjax.accounting import count_params, measure_params, reconcile
 from attnjax.analysis import decoder_patterns
 from attnjax.analysis.circuits import circuit_spectra, qk_circuit
+from attnjax.data import make_task
 from attnjax.models import DecoderLM, Encoder, ModelConfig, bert_config, greedy_generate
 from attnjax.models.config import SCAN_LAYERS_FROM
 from attnjax.models.scan import layer_block, num_blocks, stack_layers, unstack_layers
 from attnjax.pretrained.api import params_from_tree
 from attnjax.training.checkpoint import Checkpointer
 from attnjax.training.sharding import partition_spec
+from attnjax.training.state import init_model, init_train_state, make_optimizer
+from attnjax.training.step import make_train_step
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 DECODER = ModelConfig(
@@ -366,3 +369,25 @@ def test_minilm_loads_stacked_and_matches_transformers():
     np.testing.assert_allclose(encoded.patterns, reference["patterns"], atol=1e-5, rtol=0)
     ours, theirs = encoded.sentence_embeddings, reference["sentence_embeddings"]
     assert (ours * theirs).sum(-1).min() > 0.9999  # both unit length (as test_pretrained)
+
+
+def test_train_step_with_dropout_reseeds_stacked_streams():
+    """The step reseeds every dropout stream from (seed, step): stacked streams get one key per
+    layer. Same seed, same result; another seed, other masks."""
+    config = ModelConfig(
+        vocab_size=16, max_seq_len=11, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32,
+        dropout_rate=0.2, scan_layers=True,
+    )  # fmt: skip
+    task = make_task("induction", seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
+    tx = make_optimizer(
+        learning_rate=1e-2, steps=2, warmup_steps=1, weight_decay=0.0, clip_norm=1.0
+    )
+    batch = task.batch(0, 4)
+
+    def loss(seed):
+        split = init_model(config, seed=0)
+        step = make_train_step(split.graphdef, split.rest, tx, dropout_seed=seed)
+        return float(step(init_train_state(split.params, tx), batch)[1]["loss"])
+
+    first, again, other = loss(1), loss(1), loss(2)
+    assert np.isfinite(first) and first == again and first != other

@@ -367,7 +367,8 @@ class DecoderLM(nnx.Module):
             )
         dtype = self.config.compute_dtype
         if is_stacked(self.blocks):
-            one = self.block(0).attention.init_cache(batch_size, max_length, dtype)
+            # the stacked attention's sizes are plain attributes: no parameter is read
+            one = self.blocks.attention.init_cache(batch_size, max_length, dtype)
             layers = num_blocks(self.blocks)
             return jax.tree.map(lambda a: jnp.zeros((layers, *a.shape), a.dtype), one)
         return tuple(

@@ -75,7 +75,9 @@ def pool_metrics(per_batch: Sequence[Mapping[str, float | jax.Array]]) -> dict[s
 
 
 def _forward(graphdef, params, rest, batch, dropout_key=None):
-    model = nnx.merge(graphdef, params, rest)
+    # Fresh Variables for ``rest`` (a closed-over State): the ones it holds were made outside
+    # this trace, and reseeding or a dropout draw may not mutate those (TraceContextError).
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     if dropout_key is not None:
         # match_shape: a stream stacked over layers (scan_layers) gets one key per layer
         nnx.reseed(model, policy="match_shape", default=dropout_key)
