@@ -4,6 +4,7 @@
     uv run python -m experiments.benchmark --suite=attention --cases=b4_t1024 --modes=fwd_bwd \\
         --causal=true --json=/tmp/bench.json
     uv run python -m experiments.benchmark --suite=train --train_settings=l4_d128_t64_b12
+    uv run python -m experiments.benchmark --suite=interventions   # ablation_scan vs a loop
 
 What is timed and how (conventions for FLOPs, memory, timing; the default run's length): see
 ``attnjax.bench``. Compare two commits with ``scripts/before_after.py``.
@@ -36,6 +37,11 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("train_repeats", 3, "Timed runs of a setting's steps.")
 flags.DEFINE_integer("matmul_size", 2048, "Size of the reference matmul.")
+flags.DEFINE_list(
+    "ablation_settings",
+    list(bench.Options.ablation_settings),
+    f"Ablation-scan settings: {list(bench.ABLATION_SETTINGS)}.",
+)
 _JSON = flags.DEFINE_string("json", None, "Write machine info, matmul rates and every row here.")
 
 

@@ -6,7 +6,10 @@ Submodules: ``patterns`` (every layer's and head's pattern with token strings), 
 value-down · value-up per head, their singular values and effective rank), ``contextual``
 (cosine similarity of one word's vectors across sentences, per layer), ``word`` (one word
 across sentences: where it looks and how its vector moves, as one result with a summary),
-``tiles`` (a head's pattern tile recomputed from the blocked path's log-sum-exp).
+``tiles`` (a head's pattern tile recomputed from the blocked path's log-sum-exp),
+``interventions`` (capture, ablation/patching scans as compiled programs, attribution, logit
+lens), ``detectors`` (previous-token, duplicate-token, induction, copying scores), ``planted``
+(a hand-set induction circuit to test them on).
 """
 
 from attnjax.analysis.circuits import (
@@ -25,6 +28,24 @@ from attnjax.analysis.contextual import (
     find_word,
     word_vectors,
 )
+from attnjax.analysis.detectors import (
+    DETECTORS,
+    HeadDetectors,
+    copying_score,
+    detect_heads,
+    duplicate_token_score,
+)
+from attnjax.analysis.interventions import (
+    PatchingResult,
+    ablation_attribution,
+    ablation_scan,
+    attribution,
+    direct_logit_attribution,
+    logit_lens,
+    mean_moved,
+    patching_scan,
+    run_with_cache,
+)
 from attnjax.analysis.patterns import (
     AttentionPatterns,
     decoder_patterns,
@@ -32,6 +53,8 @@ from attnjax.analysis.patterns import (
     patterns_from_encoded,
     text_patterns,
 )
+from attnjax.analysis.planted import PlantedCircuit, planted_induction_model
+from attnjax.analysis.report import HeadReport, WordAblation, induction_report, word_ablation
 from attnjax.analysis.scores import (
     HeadScores,
     first_token_score,
@@ -47,6 +70,26 @@ from attnjax.analysis.tiles import pattern_tile
 from attnjax.analysis.word import WordFocus, WordInContext, word_focus, word_in_context
 
 __all__ = [
+    "HeadReport",
+    "WordAblation",
+    "induction_report",
+    "word_ablation",
+    "DETECTORS",
+    "HeadDetectors",
+    "PatchingResult",
+    "PlantedCircuit",
+    "ablation_attribution",
+    "ablation_scan",
+    "attribution",
+    "copying_score",
+    "detect_heads",
+    "direct_logit_attribution",
+    "duplicate_token_score",
+    "logit_lens",
+    "mean_moved",
+    "patching_scan",
+    "planted_induction_model",
+    "run_with_cache",
     "AttentionPatterns",
     "ContextualSimilarity",
     "FactoredCircuit",

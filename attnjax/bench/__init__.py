@@ -68,12 +68,14 @@ over half of it is ``long_b1_t32768`` and ``b1_t4096``'s forward+backward.
 
 from attnjax.bench.attention import AUTO, CASES, DEFAULT_CASES, MODES, PEERS, Case
 from attnjax.bench.compare import compare_runs, format_comparison
+from attnjax.bench.interventions import ABLATION_SETTINGS
 from attnjax.bench.report import write_json
 from attnjax.bench.suites import SUITES, Options, machine_info, run
 from attnjax.bench.timing import interleaved_samples, summarize
 from attnjax.bench.train import DEFAULT_TRAIN_SETTINGS, TRAIN_SETTINGS, TrainSetting
 
 __all__ = [
+    "ABLATION_SETTINGS",
     "AUTO",
     "CASES",
     "DEFAULT_CASES",

@@ -12,12 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from attnjax.bench import attention, peers, report, timing, train
+from attnjax.bench import attention, interventions, peers, report, timing, train
 from attnjax.functional.backends import REGISTRY
 
 __all__ = ["SUITES", "Options", "machine_info", "run"]
 
-SUITES = ("attention", "train", "all")
+SUITES = ("attention", "train", "interventions", "all")
 CAUSAL = {"both": (True, False), "true": (True,), "false": (False,)}
 
 
@@ -43,6 +43,7 @@ class Options:
     train_settings: tuple[str, ...] = train.DEFAULT_TRAIN_SETTINGS
     train_repeats: int = 3
     matmul_size: int = 2048
+    ablation_settings: tuple[str, ...] = ("l4_n8_d128_t64_b8",)
 
     def checked(self) -> Options:
         """These options with ``implementations`` filled in; ``ValueError`` naming the flag
@@ -56,6 +57,7 @@ class Options:
         _check("peers", self.peers, attention.PEERS)
         _check("dtype", [self.dtype], ("float32", "bfloat16"))
         _check("train_settings", self.train_settings, train.TRAIN_SETTINGS)
+        _check("ablation_settings", self.ablation_settings, interventions.ABLATION_SETTINGS)
         if self.repeats < 1 or self.train_repeats < 1:
             raise ValueError("--repeats and --train_repeats must be at least 1")
         if self.matmul_size < 1:
@@ -110,7 +112,7 @@ def run(options: Options = Options(), *, compiler_options=None) -> dict:
         matmul["torch"] = peers.torch_matmul_gflops(options.matmul_size)
     report.print_header(info, matmul, options.matmul_size)
     result = {"machine": info, "matmul_size": options.matmul_size, "matmul_gflops": matmul}
-    result.update(attention=[], train=[])
+    result.update(attention=[], train=[], interventions=[])
     if options.suite in ("attention", "all"):
         print(report.RATIO_NOTE)
         result["attention"] = attention.attention_rows(
@@ -124,6 +126,11 @@ def run(options: Options = Options(), *, compiler_options=None) -> dict:
             options.train_settings, options.train_repeats, with_torch, matmul["jax"],
             compiler_options=compiler_options,
         )  # fmt: skip
+    if options.suite in ("interventions", "all"):
+        print(f"\n{interventions.__doc__}")
+        result["interventions"] = interventions.ablation_rows(
+            options.ablation_settings, options.train_repeats
+        )
     result["wall_s"] = time.perf_counter() - start
     print(f"\nwall time {result['wall_s']:.0f} s")
     return result

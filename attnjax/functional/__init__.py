@@ -23,6 +23,7 @@ from attnjax.functional.positional import (
     apply_rope,
     sinusoidal_embedding,
 )
+from attnjax.functional.recompute import pattern_from_lse
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "dot_product_attention",
     "masked_softmax",
     "padding_mask",
+    "pattern_from_lse",
     "segment_mask",
     "single_head_attention",
     "sinusoidal_embedding",

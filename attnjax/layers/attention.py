@@ -29,6 +29,7 @@ from attnjax.functional._checks import (
 )
 from attnjax.functional._types import ArrayT
 from attnjax.layers._checks import check_positions, error_if
+from attnjax.layers.probe import Interventions, Recorder
 
 __all__ = ["KVCache", "MultiHeadAttention"]
 
@@ -208,6 +209,8 @@ class MultiHeadAttention(nnx.Module):
         cache: KVCache | None = None,
         return_pattern: bool = False,
         deterministic: bool | None = None,
+        edits: Interventions | None = None,
+        record: Recorder | None = None,
     ):
         """Self-attention of ``x`` [B, T, D] → [B, T, D], or cross-attention to ``context``.
 
@@ -226,6 +229,9 @@ class MultiHeadAttention(nnx.Module):
         ``is_causal``). Returns:
           ``y``; ``(y, pattern)`` with ``return_pattern`` (pattern [B, N, T, S], float32);
           ``(y, new_cache)`` with ``cache``; ``(y, new_cache, pattern)`` with both.
+
+        ``edits`` (one layer's ``Interventions``) change head outputs or patterns; ``record``
+        (a ``Recorder``) receives the activations it names (``attnjax.layers.probe.NAMES``).
         """
         if x.ndim != 3 or x.shape[-1] != self.model_dim:
             raise ValueError(f"x must have shape [B, T, D={self.model_dim}], got {x.shape}")
@@ -244,6 +250,7 @@ class MultiHeadAttention(nnx.Module):
             is_causal = False  # folded into the cache mask
         deterministic = self.deterministic if deterministic is None else deterministic
         use_dropout = self.dropout_rate > 0 and not deterministic
+        want_lse = record is not None and record.wants("scores", "pattern", "lse")
         result = F.dot_product_attention(
             q,
             k,
@@ -253,10 +260,17 @@ class MultiHeadAttention(nnx.Module):
             is_causal=is_causal,
             implementation=self.implementation,
             return_pattern=return_pattern,
+            return_lse=want_lse,
             dropout_rate=self.dropout_rate if use_dropout else 0.0,
             dropout_rng=self.dropout_rngs() if use_dropout else None,
         )
-        out, pattern = result if return_pattern else (result, None)
+        result = result if isinstance(result, tuple) else (result,)
+        out, pattern = result[0], (result[1] if return_pattern else None)
+        if edits is not None or record is not None:
+            masking = dict(bias=bias, mask=mask, is_causal=is_causal)
+            out = self._probe(
+                q, k, v, out, result[-1] if want_lse else None, masking, edits, record
+            )
         y = jnp.einsum("BTNR,NRD->BTD", out, self.value_up[...].astype(out.dtype))
         if self.output_bias is not None:
             y = y + self.output_bias[...].astype(y.dtype)
@@ -264,6 +278,30 @@ class MultiHeadAttention(nnx.Module):
             (y,) + ((cache,) if cache is not None else ()) + ((pattern,) if return_pattern else ())
         )
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _probe(self, q, k, v, out, lse, masking, edits, record):
+        """Record q, k, v, scores/pattern (from ``lse``), moved values and head outputs;
+        apply ``edits`` to the moved values ``out`` [B, T, N, R] and return them."""
+        if record is not None:
+            for name, value in (("q", q), ("k", k), ("v", v), ("lse", lse)):
+                record.put(name, value)
+        if record is not None and record.wants("scores", "pattern"):
+            scores, pattern = F.pattern_from_lse(q, k, lse, **masking)
+            record.put("scores", scores)
+            record.put("pattern", pattern)
+        if edits is not None:
+            override = None
+            if edits.pattern is not None:
+                group = self.num_heads // self.num_kv_heads
+                values = jnp.repeat(v, group, axis=2).astype(jnp.float32)
+                override = jnp.einsum("BNTS,BSNR->BTNR", edits.pattern, values).astype(out.dtype)
+            out = edits.edit_moved(out, override)
+        if record is not None:
+            record.put("moved", out)
+            if record.wants("head_out"):
+                up = self.value_up[...].astype(out.dtype)
+                record.put("head_out", jnp.einsum("BTNR,NRD->BTND", out, up))
+        return out
 
     def _cross_inputs(self, x, context, positions, cache):
         """Queries of ``x`` and keys/values of ``context`` (projected now, or encoded before)."""

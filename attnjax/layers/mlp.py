@@ -66,13 +66,16 @@ class MLP(nnx.Module):
         self.up = nnx.Linear(model_dim, mlp_dim, **linear)
         self.down = nnx.Linear(mlp_dim, model_dim, **linear)
 
-    def __call__(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B D"]:
+    def __call__(self, x: Float[ArrayT, "*B D"], record=None) -> Float[ArrayT, "*B D"]:
         # Positions as rows of one matrix: the weight gradients are then plain [M, D]ᵀ·[M, F]
         # products, which XLA:CPU runs without transposed copies. Without this reshape a CPU
         # train step took 1.06x the wall / 1.08x the CPU time at 6 layers x 384, T=256, and
         # 1.02x / 1.05x at 4 x 128, T=64 (interleaved A/B in one process; see gelu above).
         rows = x.reshape(-1, x.shape[-1])
-        out = self.down(ACTIVATIONS[self.activation](self.up(rows)))
+        hidden = ACTIVATIONS[self.activation](self.up(rows))
+        if record is not None:  # a layers.probe.Recorder
+            record.put("mlp_hidden", hidden.reshape(*x.shape[:-1], hidden.shape[-1]))
+        out = self.down(hidden)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 

@@ -76,6 +76,8 @@ class Encoder(nnx.Module):
         attention_mask: Shaped[ArrayT, "B T"] | None = None,
         return_patterns: bool = False,
         return_hidden_states: bool = False,
+        capture=(),
+        interventions=None,
     ):
         """Encode ``tokens`` [B, T] (every token sees every other real token).
 
@@ -87,6 +89,7 @@ class Encoder(nnx.Module):
           return_patterns: also return the attention patterns [L, B, N, T, T] (float32).
           return_hidden_states: also return the residual stream after the embeddings and
             after every block, [L+1, B, T, D] (the last one after the final norm, if any).
+          capture, interventions: as ``DecoderLM.__call__`` (captured activations last).
 
         Returns:
           hidden [B, T, D]; with flags, the tuple ``(hidden, patterns?, hidden_states?)`` in
@@ -102,6 +105,8 @@ class Encoder(nnx.Module):
             mask=mask,
             return_patterns=return_patterns,
             return_hidden_states=return_hidden_states,
+            capture=capture,
+            interventions=interventions,
             remat=self.config.remat,
         )
         return (x, *extras) if extras else x

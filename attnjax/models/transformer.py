@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int, Shaped
 from attnjax import functional as F
 from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
-from attnjax.layers import MLP, KVCache, MultiHeadAttention, make_norm
+from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder, make_norm
 from attnjax.layers._checks import check_in_range, check_positions, trusted_inputs
 from attnjax.models.config import ModelConfig
 from attnjax.models.scan import (
@@ -94,9 +94,17 @@ class TransformerBlock(nnx.Module):
         positions: Int[ArrayT, "#B T"] | None = None,
         cache: KVCache | None = None,
         return_pattern: bool = False,
+        edits: Interventions | None = None,
+        record: Recorder | None = None,
     ):
-        """``x`` [B, T, D] → [B, T, D]; extra outputs as ``MultiHeadAttention.__call__``."""
+        """``x`` [B, T, D] → [B, T, D]; extra outputs as ``MultiHeadAttention.__call__``.
+
+        ``edits``: this layer's slice of ``Interventions``; ``record``: a ``Recorder`` that
+        receives the activations it names (``attnjax.layers.probe.NAMES``)."""
         pre = self.norm_position == "pre"
+        x = x if edits is None else edits.edit_residual(x)
+        put = (lambda name, value: None) if record is None else record.put
+        put("resid_pre", x)
         outputs = self.attention(
             self.attention_norm(x) if pre else x,
             mask=mask,
@@ -104,6 +112,8 @@ class TransformerBlock(nnx.Module):
             positions=positions,
             cache=cache,
             return_pattern=return_pattern,
+            edits=edits,
+            record=record,
         )
         attended, extras = (
             (outputs, ())
@@ -113,12 +123,13 @@ class TransformerBlock(nnx.Module):
                 outputs[1:],
             )
         )
-        if pre:
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        else:
-            x = self.attention_norm(x + self.dropout(attended))
-            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        put("attn_out", attended)
+        x = x + self.dropout(attended) if pre else self.attention_norm(x + self.dropout(attended))
+        put("resid_mid", x)
+        mlp_out = self.mlp(self.mlp_norm(x) if pre else x, record)
+        put("mlp_out", mlp_out)
+        x = x + self.dropout(mlp_out) if pre else self.mlp_norm(x + self.dropout(mlp_out))
+        put("resid_post", x)
         return (x, *extras) if extras else x
 
 
@@ -213,6 +224,8 @@ def run_blocks(
     positions=None,
     return_patterns: bool = False,
     return_hidden_states: bool = False,
+    capture=(),
+    interventions: Interventions | None = None,
     remat: str = "none",
 ):
     """``x`` through every block, then ``final_norm`` (if any).
@@ -221,24 +234,41 @@ def run_blocks(
     ``remat`` rematerialises each block in the backward pass (``attnjax.models.scan``).
     Returns ``(x, extras)``: ``extras`` holds the patterns [L, B, N, T, S] if asked, then the
     hidden states [L+1, B, T, D] (after the embeddings and after each block; the last one after
-    the final norm) if asked.
+    the final norm) if asked, then, if ``capture`` names activations, a dict of them stacked
+    over layers ([L, ...], see ``attnjax.layers.probe.NAMES``) plus ``"resid_final"`` [B, T, D]
+    (after the final norm). ``interventions`` (leading L axes) edit the pass.
     """
     x0 = x
+    first = blocks if is_stacked(blocks) else blocks[0]
+    if interventions is not None:
+        interventions.check(num_blocks(blocks), first.attention.num_heads)
 
-    def layer(block, x, _):
-        out = block(x, mask=mask, bias=bias, positions=positions, return_pattern=return_patterns)
+    def layer(block, x, edits):
+        record = Recorder(capture) if capture else None
+        out = block(
+            x,
+            mask=mask,
+            bias=bias,
+            positions=positions,
+            return_pattern=return_patterns,
+            edits=edits,
+            record=record,
+        )
         x, pattern = out if return_patterns else (out, None)
-        return x, (pattern, x if return_hidden_states else None)
+        recorded = None if record is None else record.values
+        return x, (pattern, x if return_hidden_states else None, recorded)
 
-    if is_stacked(blocks):
-        x, (patterns, hidden) = scan_blocks(blocks, layer, x, remat=remat)
+    if is_stacked(blocks):  # interventions: per-layer slices as the scan's xs
+        x, (patterns, hidden, captured) = scan_blocks(blocks, layer, x, interventions, remat=remat)
     else:
         outputs = []
-        for block in blocks:
-            x, out = remat_block(block, remat, lambda b, x=x: layer(b, x, None))
+        for i, block in enumerate(blocks):
+            edits = None if interventions is None else interventions.layer(i)
+            x, out = remat_block(block, remat, lambda b, x=x, e=edits: layer(b, x, e))
             outputs.append(out)
-        patterns = stack_patterns([p for p, _ in outputs]) if return_patterns else None
-        hidden = jnp.stack([h for _, h in outputs]) if return_hidden_states else None
+        patterns = stack_patterns([o[0] for o in outputs]) if return_patterns else None
+        hidden = jnp.stack([o[1] for o in outputs]) if return_hidden_states else None
+        captured = jax.tree.map(lambda *ls: jnp.stack(ls), *[o[2] for o in outputs])
     if final_norm is not None:
         x = final_norm(x)
     extras = ()
@@ -246,6 +276,8 @@ def run_blocks(
         extras += (patterns,)
     if return_hidden_states:
         extras += (jnp.concatenate([x0[None], hidden[:-1], x[None]]),)
+    if capture:
+        extras += ({**captured, "resid_final": x},)
     return x, extras
 
 
@@ -285,6 +317,8 @@ class DecoderLM(nnx.Module):
         mask: Bool[ArrayT, ...] | None = None,
         return_patterns: bool = False,
         return_hidden_states: bool = False,
+        capture=(),
+        interventions: Interventions | None = None,
     ):
         """Logits [B, T, V] for ``tokens`` [B, T] (causal).
 
@@ -292,8 +326,11 @@ class DecoderLM(nnx.Module):
         segment masks. Extras, as with ``Encoder``: ``return_patterns`` adds the patterns
         [L, B, N, T, T] (float32); ``return_hidden_states`` adds the residual stream after the
         embeddings and after every block, [L+1, B, T, D] (the last one after the final norm).
-        Returns ``logits``, or the tuple ``(logits, patterns?, hidden_states?)`` with only the
-        requested extras, in that order.
+        ``capture`` (activation names, ``attnjax.layers.probe.NAMES``) adds a dict of them,
+        each [L, ...], plus ``"resid_final"``; ``interventions`` edit the pass (arrays with a
+        leading L axis, see ``attnjax.layers.Interventions``).
+        Returns ``logits``, or the tuple ``(logits, patterns?, hidden_states?, captured?)`` with
+        only the requested extras, in that order.
         """
         self._check_tokens(tokens)
         length = tokens.shape[1]
@@ -308,6 +345,8 @@ class DecoderLM(nnx.Module):
             positions=positions,
             return_patterns=return_patterns,
             return_hidden_states=return_hidden_states,
+            capture=capture,
+            interventions=interventions,
             remat=self.config.remat,
         )
         logits = self._unembed(x)
@@ -395,11 +434,15 @@ class DecoderLM(nnx.Module):
             return None
         return F.alibi_bias(self.config.num_heads, query_length, key_length, offset=offset)
 
-    def _logits(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
+    def logits_from_residual(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
+        """The final norm and unembedding applied to any residual ``x`` (the logit lens)."""
+        return self._logits(x)
+
+    def _logits(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
         """Final norm, then unembedding."""
         return self._unembed(x if self.final_norm is None else self.final_norm(x))
 
-    def _unembed(self, x: Float[ArrayT, "B T D"]) -> Float[ArrayT, "B T V"]:
+    def _unembed(self, x: Float[ArrayT, "*B D"]) -> Float[ArrayT, "*B V"]:
         logits = self.embeddings.token.attend(x) if self.unembed is None else self.unembed(x)
         return logits.astype(jnp.float32)
 

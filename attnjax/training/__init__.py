@@ -1,6 +1,6 @@
 """Training: train state, jitted steps, the loop, checkpoints, metrics, sharding, sweeps."""
 
-from attnjax.training.checkpoint import Checkpointer, load_checkpoint
+from attnjax.training.checkpoint import Checkpointer, load_checkpoint, load_trained_model
 from attnjax.training.loop import RunResult, train_and_evaluate
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.sharding import make_mesh, shard_batch, state_shardings
@@ -16,6 +16,7 @@ __all__ = [
     "format_results",
     "init_model",
     "load_checkpoint",
+    "load_trained_model",
     "init_train_state",
     "make_eval_step",
     "make_mesh",

@@ -7,6 +7,7 @@ run resumes a little earlier instead of stopping.
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from flax import nnx
+
+from attnjax.models import DecoderLM, Encoder, ModelConfig
 
 __all__ = ["Checkpointer", "load_checkpoint", "quiet_orbax"]
 
@@ -159,3 +163,33 @@ def _newest_readable(
 def _one_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def load_trained_model(workdir: str | pathlib.Path, step: int | None = None):
+    """``(model, config)``: the model of a train workdir (its ``config.json`` and newest, or
+    ``step``'s, checkpoint) with the trained parameters, in eval mode; ``config`` is the run's
+    config as a dict. Raises ``FileNotFoundError`` naming what is missing."""
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"workdir={str(workdir)!r} has no config.json (not a train run)")
+    config = json.loads(config_path.read_text())
+    model_config = ModelConfig.from_config(config["model"])
+    module = DecoderLM if model_config.architecture == "decoder" else Encoder
+    model = module(model_config, rngs=nnx.Rngs(0))
+    params = load_checkpoint(workdir / "checkpoints", step)["params"]
+    state = nnx.state(model, nnx.Param)
+    state.replace_by_pure_dict(_pure(params))
+    nnx.update(model, state)
+    model.eval()
+    return model, config
+
+
+def _pure(tree):
+    """A saved ``nnx.State`` (``{"value": array}`` per variable, list indices as strings) as
+    the pure dict ``replace_by_pure_dict`` takes."""
+    if not isinstance(tree, dict):
+        return tree
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+        return tree["value"]
+    return {int(k) if str(k).isdigit() else k: _pure(v) for k, v in tree.items()}

@@ -2,10 +2,11 @@
 and interactive attention views as self-contained HTML pages.
 
 Submodules: ``attnjax.viz.attention`` (patterns), ``attnjax.viz.params`` (parameter counts),
-``attnjax.viz.sweep`` (sweep results), ``attnjax.viz.html`` (model, head, pattern and
-word-in-context views for notebooks and files, no network).
+``attnjax.viz.sweep`` (sweep results), ``attnjax.viz.interventions`` (per-head grids),
+``attnjax.viz.html`` (model, head, pattern and word-in-context views for notebooks and files,
+no network).
 """
 
-from attnjax.viz import attention, html, params, sweep
+from attnjax.viz import attention, html, interventions, params, sweep
 
-__all__ = ["attention", "html", "params", "sweep"]
+__all__ = ["attention", "html", "interventions", "params", "sweep"]
