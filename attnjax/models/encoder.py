@@ -15,11 +15,10 @@ from jaxtyping import Int, Shaped
 
 from attnjax.functional._types import ArrayT
 from attnjax.models.config import ModelConfig
+from attnjax.models.embeddings import Embeddings, norm_for
 from attnjax.models.scan import layer_block
 from attnjax.models.transformer import (
-    Embeddings,
     TransformerBlock,
-    _norm,
     make_blocks,
     run_blocks,
 )
@@ -66,7 +65,7 @@ class Encoder(nnx.Module):
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
         self.blocks = make_blocks(config, rngs)
-        self.final_norm = _norm(config, rngs) if config.final_norm else None
+        self.final_norm = norm_for(config, rngs) if config.final_norm else None
 
     def __call__(
         self,

@@ -10,9 +10,10 @@ from jaxtyping import Bool, Float, Int, Shaped
 from attnjax import functional as F
 from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
-from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder, make_norm
-from attnjax.layers._checks import check_in_range, check_positions, trusted_inputs
+from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder
+from attnjax.layers._checks import trusted_inputs
 from attnjax.models.config import ModelConfig
+from attnjax.models.embeddings import Embeddings, norm_for
 from attnjax.models.scan import (
     is_stacked,
     layer_block,
@@ -32,18 +33,6 @@ __all__ = [
 ]
 
 
-def _norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-    return make_norm(
-        config.norm,
-        config.model_dim,
-        eps=config.norm_eps,
-        use_bias=config.norm_bias,
-        dtype=config.compute_dtype,
-        param_dtype=config.parameter_dtype,
-        rngs=rngs,
-    )
-
-
 class TransformerBlock(nnx.Module):
     """Attention then MLP, each with a residual connection.
 
@@ -54,7 +43,7 @@ class TransformerBlock(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.init_std)
         self.norm_position = config.norm_position
-        self.attention_norm = _norm(config, rngs)
+        self.attention_norm = norm_for(config, rngs)
         self.attention = MultiHeadAttention(
             config.model_dim,
             config.num_heads,
@@ -72,7 +61,7 @@ class TransformerBlock(nnx.Module):
             kernel_init=init,
             rngs=rngs,
         )
-        self.mlp_norm = _norm(config, rngs)
+        self.mlp_norm = norm_for(config, rngs)
         self.mlp = MLP(
             config.model_dim,
             config.resolved_mlp_dim,
@@ -131,74 +120,6 @@ class TransformerBlock(nnx.Module):
         x = x + self.dropout(mlp_out) if pre else self.mlp_norm(x + self.dropout(mlp_out))
         put("resid_post", x)
         return (x, *extras) if extras else x
-
-
-class Embeddings(nnx.Module):
-    """Token embedding [V, D] + position embedding + token-type embedding (encoders)."""
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(config.init_std)
-        embed = dict(
-            dtype=config.compute_dtype,
-            param_dtype=config.parameter_dtype,
-            embedding_init=init,
-            rngs=rngs,
-        )
-        self.position_kind = config.position_embedding
-        self.model_dim = config.model_dim
-        self.max_seq_len = config.max_seq_len
-        self.token = nnx.Embed(config.vocab_size, config.model_dim, **embed)
-        self.position = (
-            nnx.Embed(config.max_seq_len, config.model_dim, **embed)
-            if config.position_embedding == "learned"
-            else None
-        )
-        self.token_type = (
-            nnx.Embed(config.type_vocab_size, config.model_dim, **embed)
-            if config.type_vocab_size
-            else None
-        )
-        self.norm = _norm(config, rngs) if config.embedding_norm else None
-        self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
-
-    def __call__(
-        self,
-        tokens: Int[ArrayT, "B T"],
-        positions: Int[ArrayT, "#B T"] | None = None,
-        token_types: Int[ArrayT, "B T"] | None = None,
-    ) -> Float[ArrayT, "B T D"]:
-        """Embed ``tokens`` [B, T] at ``positions`` [B or 1, T] (default ``arange(T)``).
-
-        Ids out of range (tokens in [0, vocab_size), learned positions in [0, max_seq_len),
-        token types in [0, type_vocab_size)) raise ``ValueError``; under ``jit``, a
-        ``JaxRuntimeError`` with that message when the program runs.
-        """
-        self.check_ids(tokens, positions, token_types)
-        if positions is None:
-            positions = jnp.arange(tokens.shape[1])[None]
-        x = self.token(tokens)
-        if self.position is not None:
-            x = x + self.position(positions)
-        elif self.position_kind == "sinusoidal":
-            x = x + F.sinusoidal_embedding(positions, self.model_dim).astype(x.dtype)
-        if self.token_type is not None:
-            types = jnp.zeros_like(tokens) if token_types is None else token_types
-            x = x + self.token_type(types)
-        if self.norm is not None:
-            x = self.norm(x)
-        return self.dropout(x)
-
-    def check_ids(self, tokens, positions=None, token_types=None) -> None:
-        """Raise ``ValueError`` naming the argument if an id would index past its table."""
-        check_in_range("tokens", tokens, self.token.num_embeddings, "vocab_size")
-        if positions is not None:
-            check_positions(positions, *tokens.shape)
-            if self.position is not None:
-                check_in_range("positions", positions, self.max_seq_len, "max_seq_len")
-        if token_types is not None and self.token_type is not None:
-            check_in_range(
-                "token_types", token_types, self.token_type.num_embeddings, "type_vocab_size"
-            )
 
 
 def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
@@ -294,7 +215,7 @@ class DecoderLM(nnx.Module):
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
         self.blocks = make_blocks(config, rngs)
-        self.final_norm = _norm(config, rngs) if config.final_norm else None
+        self.final_norm = norm_for(config, rngs) if config.final_norm else None
         self.unembed = (
             None
             if config.tie_embeddings
