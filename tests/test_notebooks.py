@@ -12,7 +12,7 @@ NOTEBOOKS = sorted(
 
 
 def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 4, NOTEBOOKS
+    assert len(NOTEBOOKS) >= 5, NOTEBOOKS
 
 
 @pytest.mark.slow
