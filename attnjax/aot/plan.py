@@ -296,6 +296,12 @@ def compile_check(
     return rows
 
 
+# The CUDA plugin of jax 0.10.2 fails to compile a train step on an fsdp mesh ("INTERNAL:
+# Couldn't find output tile sizes that satisfy hlo: %dot ... f32[30,16]", a Triton GEMM
+# fusion of a sharded projection's gradient; any width tried): GEMMs go to cuBLAS instead.
+_CUDA_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
 def _check_one(plan: _Plan, target: Topology, chip, devices, compiler_options) -> dict:
     mesh = sharding.mesh_from_config(plan.mesh, devices)
     tokens = plan.batch_size * plan.seq_len
@@ -314,6 +320,8 @@ def _check_one(plan: _Plan, target: Topology, chip, devices, compiler_options) -
         remat=plan.model.remat,
     )
     options = None if compiler_options is None else compiler_options(target.platform)
+    if target.platform == "cuda":
+        options = {**_CUDA_OPTIONS, **(options or {})}
     start = time.perf_counter()
     inputs = None
     try:
