@@ -20,6 +20,7 @@ from attnjax.training.sharding import path_string
 
 __all__ = [
     "TrainState",
+    "adamw_with_schedule",
     "decay_mask",
     "decays",
     "make_optimizer",
@@ -58,13 +59,33 @@ def make_optimizer(
         raise ValueError(f"train.clip must be positive, got {clip_norm}")
     if not 0 <= weight_decay < math.inf:
         raise ValueError(f"train.weight_decay must be >= 0 and finite, got {weight_decay}")
-    schedule = optax.warmup_cosine_decay_schedule(
+    return adamw_with_schedule(
+        learning_rate,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+    )
+
+
+def adamw_with_schedule(
+    learning_rate, *, steps: int, warmup_steps: int, weight_decay: float, clip_norm: float
+) -> optax.GradientTransformation:
+    """``make_optimizer`` without its checks: ``learning_rate`` may be a traced scalar (one
+    learning rate per replica under ``jax.vmap``, see ``attnjax.training.replicas``). The
+    state it makes does not depend on ``learning_rate``."""
+    shape = lambda peak: optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=learning_rate,
+        peak_value=peak,
         warmup_steps=warmup_steps,
         decay_steps=max(steps, warmup_steps + 1),
-        end_value=learning_rate * 0.1,
+        end_value=peak * 0.1,
     )
+    if isinstance(learning_rate, int | float):
+        schedule = shape(learning_rate)
+    else:  # optax's schedule needs a concrete peak: scale the unit schedule by a traced one
+        unit = shape(1.0)
+        schedule = lambda count: learning_rate * unit(count)
     return optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),

@@ -19,10 +19,12 @@ from attnjax.layers import trusted_inputs
 from attnjax.training.state import TrainState
 
 __all__ = [
+    "evaluate_batch",
     "make_eval_step",
     "make_train_step",
     "masked_metrics",
     "pool_metrics",
+    "update",
 ]
 
 
@@ -86,6 +88,37 @@ def _forward(graphdef, params, rest, batch, dropout_key=None):
     return masked_metrics(logits, batch.targets, batch.loss_mask)
 
 
+def update(
+    graphdef: nnx.GraphDef,
+    rest,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    batch,
+    dropout_seed=None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step of ``state`` on ``batch`` (pure, not jitted): the body of
+    ``make_train_step``'s step, and, vmapped over replicas, of ``attnjax.training.replicas``.
+    ``dropout_seed`` (int or traced int scalar) seeds dropout from ``(dropout_seed, step)``."""
+    key = None
+    if dropout_seed is not None:
+        key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+
+    def loss_fn(params):
+        metrics = _forward(graphdef, params, rest, batch, key)
+        return metrics["loss"], metrics
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def evaluate_batch(graphdef: nnx.GraphDef, params, rest, batch) -> dict[str, jax.Array]:
+    """``masked_metrics`` of the model ``(graphdef, params, rest)`` on ``batch`` (pure)."""
+    return _forward(graphdef, params, rest, batch)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     rest,
@@ -105,19 +138,7 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = None
-        if dropout_seed is not None:
-            key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
-
-        def loss_fn(params):
-            metrics = _forward(graphdef, params, rest, batch, key)
-            return metrics["loss"], metrics
-
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return update(graphdef, rest, tx, state, batch, dropout_seed)
 
     out_shardings = None if state_sharding is None else (state_sharding, None)
     return jax.jit(
@@ -132,6 +153,6 @@ def make_eval_step(
     ``compiler_options`` as in ``make_train_step``."""
 
     def step(params, batch):
-        return _forward(graphdef, params, rest, batch)
+        return evaluate_batch(graphdef, params, rest, batch)
 
     return jax.jit(step, compiler_options=compiler_options)
