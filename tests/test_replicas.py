@@ -24,7 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _config(**train):
     config = train_config.get_config("tiny")
-    config.train.update(steps=12, checkpoint_every=6, log_every=3, eval_every=6, **train)
+    config.train.update({"steps": 12, "checkpoint_every": 6, "log_every": 3, "eval_every": 6})
+    config.train.update(train)
     return config
 
 
@@ -226,3 +227,16 @@ def test_the_replica_axis_splits_over_data_devices_and_matches_one(tmp_path):
             strict=True,
         ):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_masks_follow_each_replicas_seed(tmp_path):
+    config = _config(steps=6, checkpoint_every=6, eval_every=6)
+    config.model.update(dropout_rate=0.2, attention_dropout_rate=0.1)
+    results = train_replicas(config, tmp_path / "v", [Replica(0, 3e-3), Replica(1, 3e-3)])
+    alone = train_and_evaluate(_with(config, seed=1), tmp_path / "alone")
+    assert results[1].eval_loss == pytest.approx(alone.eval_loss, rel=1e-5)
+    for a, b in zip(
+        _params(tmp_path / "v" / "checkpoints", 1), _params(tmp_path / "alone" / "checkpoints"),
+        strict=True,
+    ):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
