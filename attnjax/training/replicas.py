@@ -70,6 +70,8 @@ __all__ = [
     "ReplicaResult",
     "ReplicaState",
     "check_replicas",
+    "init_replica_state",
+    "make_replica_step",
     "replicas_for",
     "train_replicas",
 ]
@@ -209,8 +211,29 @@ def _schedule_settings(train) -> dict[str, Any]:
     )
 
 
-def _make_step(split, train, dropout: bool, sharding, compiler_options):
-    """The jitted ``(state, batch, lrs, seeds) -> (state, metrics [R])``, state donated."""
+def init_replica_state(model_config, replicas: Sequence[Replica], train, sharding):
+    """``(split, state, rest)``: the model split once (``split.graphdef`` and
+    ``split.eval_graphdef`` shared), step 0 of every replica stacked into a ``ReplicaState``
+    and the replicas' other variables stacked, both placed on ``sharding``."""
+    splits = [init_model(model_config, r.seed) for r in replicas]
+    params = _stack([s.params for s in splits])
+    tx = make_optimizer(learning_rate=replicas[0].lr, **_schedule_settings(train))
+    count = len(replicas)
+    state = ReplicaState(
+        train=TrainState(
+            step=jnp.zeros((count,), jnp.int32), params=params, opt_state=jax.vmap(tx.init)(params)
+        ),
+        diverged_at=jnp.full((count,), _NONE, jnp.int32),
+        stopped_at=jnp.full((count,), _NONE, jnp.int32),
+    )
+    rest = _stack([s.rest for s in splits])
+    return splits[0], _place(state, sharding), _place(rest, sharding)
+
+
+def make_replica_step(split, train, dropout: bool, sharding, compiler_options=None):
+    """The jitted ``(state, rest, batch, lrs, seeds) -> (state, metrics)`` of R replicas
+    (``batch`` [R, B, T], ``lrs`` and ``seeds`` [R], metrics [R]); ``state`` is donated. A
+    frozen replica's update is discarded; a refused (non-finite) one freezes it."""
     settings = _schedule_settings(train)
 
     def one(train_state, rest, batch, lr, seed, frozen):
@@ -332,20 +355,8 @@ def train_replicas(
     platform = sharding.mesh.devices.flat[0].platform
     options = None if compiler_options is None else compiler_options(platform)
 
-    splits = [init_model(model_config, r.seed) for r in replicas]
-    split = splits[0]
-    params = _stack([s.params for s in splits])
-    rest = _place(_stack([s.rest for s in splits]), sharding)
-    tx = make_optimizer(learning_rate=replicas[0].lr, **_schedule_settings(train))
+    split, state, rest = init_replica_state(model_config, replicas, train, sharding)
     count = len(replicas)
-    state = ReplicaState(
-        train=TrainState(
-            step=jnp.zeros((count,), jnp.int32), params=params, opt_state=jax.vmap(tx.init)(params)
-        ),
-        diverged_at=jnp.full((count,), _NONE, jnp.int32),
-        stopped_at=jnp.full((count,), _NONE, jnp.int32),
-    )
-    state = _place(state, sharding)
     checkpointer = Checkpointer(
         workdir / "checkpoints", every=train.checkpoint_every, keep=train.keep
     )
@@ -354,7 +365,7 @@ def train_replicas(
     lrs = _place(np.array([r.lr for r in replicas], np.float32), sharding)
     seeds = _place(np.array([r.seed for r in replicas], np.int32), sharding)
     dropout = model_config.dropout_rate > 0 or model_config.attention_dropout_rate > 0
-    step_fn = _make_step(split, train, dropout, sharding, options)
+    step_fn = make_replica_step(split, train, dropout, sharding, options)
     eval_fn = _make_eval(split, options)
     training = _Streams(config, replicas, 0, train.batch_size)
     validation = _Streams(config, replicas, VALIDATION_SEED_OFFSET, train.batch_size)
