@@ -5,6 +5,7 @@
         --causal=true --json=/tmp/bench.json
     uv run python -m experiments.benchmark --suite=train --train_settings=l4_d128_t64_b12
     uv run python -m experiments.benchmark --suite=interventions   # ablation_scan vs a loop
+    uv run python -m experiments.benchmark --suite=replicas        # S seeds vmapped vs in turn
 
 What is timed and how (conventions for FLOPs, memory, timing; the default run's length): see
 ``attnjax.bench``. Compare two commits with ``scripts/before_after.py``.
@@ -41,6 +42,11 @@ flags.DEFINE_list(
     "ablation_settings",
     list(bench.Options.ablation_settings),
     f"Ablation-scan settings: {list(bench.ABLATION_SETTINGS)}.",
+)
+flags.DEFINE_list(
+    "replica_settings",
+    list(bench.Options.replica_settings),
+    f"Seeds vmapped vs in turn: {list(bench.REPLICA_SETTINGS)}.",
 )
 _JSON = flags.DEFINE_string("json", None, "Write machine info, matmul rates and every row here.")
 

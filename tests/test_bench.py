@@ -171,3 +171,17 @@ def test_import_has_no_process_wide_side_effects():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert result.stdout == "0 True []\n", result.stdout + result.stderr
+
+
+def test_replica_suite_times_vmapped_and_sequential_steps_that_agree(capsys):
+    from attnjax.bench import replicas
+
+    [row] = replicas.replica_rows(["tiny"], repeats=1)  # checks both give the same losses
+    assert row["seeds"] == 2 and row["vmapped_s"] > 0 and row["sequential_s"] > 0
+    assert row["sequential_over_vmapped"] == row["sequential_s"] / row["vmapped_s"]
+    assert "sequential/vmapped" in capsys.readouterr().out
+
+
+def test_replica_settings_are_checked():
+    with pytest.raises(ValueError, match="--replica_settings"):
+        bench.Options(replica_settings=("huge",)).checked()

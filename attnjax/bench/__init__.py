@@ -64,11 +64,15 @@ turn, ratios per row.
 The default run took 14-15 min (two runs) on a 2-core machine shared with other jobs (load 4-6;
 the process got about 11 CPU-minutes; a 2048³ matmul ran at 66-71 of the usual ~190 GFLOP/s);
 over half of it is ``long_b1_t32768`` and ``b1_t4096``'s forward+backward.
+
+Replicas suite (:mod:`attnjax.bench.replicas`): S seeds of one model as one vmapped step
+against S separate runs' steps, interleaved; ``sequential/vmapped`` above 1 means vmapping pays.
 """
 
 from attnjax.bench.attention import AUTO, CASES, DEFAULT_CASES, MODES, PEERS, Case
 from attnjax.bench.compare import compare_runs, format_comparison
 from attnjax.bench.interventions import ABLATION_SETTINGS
+from attnjax.bench.replicas import REPLICA_SETTINGS
 from attnjax.bench.report import write_json
 from attnjax.bench.suites import SUITES, Options, machine_info, run
 from attnjax.bench.timing import interleaved_samples, summarize
@@ -82,6 +86,7 @@ __all__ = [
     "DEFAULT_TRAIN_SETTINGS",
     "MODES",
     "PEERS",
+    "REPLICA_SETTINGS",
     "SUITES",
     "TRAIN_SETTINGS",
     "Case",

@@ -12,12 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from attnjax.bench import attention, interventions, peers, report, timing, train
+from attnjax.bench import attention, interventions, peers, replicas, report, timing, train
 from attnjax.functional.backends import REGISTRY
 
 __all__ = ["SUITES", "Options", "machine_info", "run"]
 
-SUITES = ("attention", "train", "interventions", "all")
+SUITES = ("attention", "train", "interventions", "replicas", "all")
 CAUSAL = {"both": (True, False), "true": (True,), "false": (False,)}
 
 
@@ -44,6 +44,7 @@ class Options:
     train_repeats: int = 3
     matmul_size: int = 2048
     ablation_settings: tuple[str, ...] = ("l4_n8_d128_t64_b8",)
+    replica_settings: tuple[str, ...] = ("sweep_l2_h4_s3",)
 
     def checked(self) -> Options:
         """These options with ``implementations`` filled in; ``ValueError`` naming the flag
@@ -58,6 +59,7 @@ class Options:
         _check("dtype", [self.dtype], ("float32", "bfloat16"))
         _check("train_settings", self.train_settings, train.TRAIN_SETTINGS)
         _check("ablation_settings", self.ablation_settings, interventions.ABLATION_SETTINGS)
+        _check("replica_settings", self.replica_settings, replicas.REPLICA_SETTINGS)
         if self.repeats < 1 or self.train_repeats < 1:
             raise ValueError("--repeats and --train_repeats must be at least 1")
         if self.matmul_size < 1:
@@ -112,7 +114,7 @@ def run(options: Options = Options(), *, compiler_options=None) -> dict:
         matmul["torch"] = peers.torch_matmul_gflops(options.matmul_size)
     report.print_header(info, matmul, options.matmul_size)
     result = {"machine": info, "matmul_size": options.matmul_size, "matmul_gflops": matmul}
-    result.update(attention=[], train=[], interventions=[])
+    result.update(attention=[], train=[], interventions=[], replicas=[])
     if options.suite in ("attention", "all"):
         print(report.RATIO_NOTE)
         result["attention"] = attention.attention_rows(
@@ -130,6 +132,11 @@ def run(options: Options = Options(), *, compiler_options=None) -> dict:
         print(f"\n{interventions.__doc__}")
         result["interventions"] = interventions.ablation_rows(
             options.ablation_settings, options.train_repeats
+        )
+    if options.suite in ("replicas", "all"):
+        print(f"\n{replicas.__doc__}")
+        result["replicas"] = replicas.replica_rows(
+            options.replica_settings, options.train_repeats, compiler_options=compiler_options
         )
     result["wall_s"] = time.perf_counter() - start
     print(f"\nwall time {result['wall_s']:.0f} s")
