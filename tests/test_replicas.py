@@ -240,3 +240,18 @@ def test_dropout_masks_follow_each_replicas_seed(tmp_path):
         strict=True,
     ):  # fmt: skip
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_load_trained_model_picks_one_replica_of_a_point(trained):
+    from flax import nnx
+
+    from attnjax.training.checkpoint import load_trained_model
+
+    _, workdir, _ = trained
+    model, config = load_trained_model(workdir, replica=2)
+    assert (config["train"]["seed"], config["train"]["lr"]) == (0, 1e-2)
+    loaded = jax.tree.leaves(nnx.state(model, nnx.Param))
+    for a, b in zip(loaded, _params(workdir / "checkpoints", 2), strict=True):
+        assert np.array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError, match="replica=7"):
+        load_trained_model(workdir, replica=7)

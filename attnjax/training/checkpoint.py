@@ -165,10 +165,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def load_trained_model(workdir: str | pathlib.Path, step: int | None = None):
+def load_trained_model(workdir: str | pathlib.Path, step: int | None = None, *, replica: int = 0):
     """``(model, config)``: the model of a train workdir (its ``config.json`` and newest, or
     ``step``'s, checkpoint) with the trained parameters, in eval mode; ``config`` is the run's
-    config as a dict. Raises ``FileNotFoundError`` naming what is missing."""
+    config as a dict. A sweep point's workdir holds several replicas (seeds x learning rates,
+    ``attnjax.training.replicas``): ``replica`` picks one (in the order of ``config["replicas"]``,
+    ``[seed, lr]`` pairs; its ``train.seed`` and ``train.lr`` are set in ``config``). Raises
+    ``FileNotFoundError`` naming what is missing, ``ValueError`` naming ``replica`` if there
+    is no such replica."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -177,12 +181,23 @@ def load_trained_model(workdir: str | pathlib.Path, step: int | None = None):
     model_config = ModelConfig.from_config(config["model"])
     module = DecoderLM if model_config.architecture == "decoder" else Encoder
     model = module(model_config, rngs=nnx.Rngs(0))
-    params = load_checkpoint(workdir / "checkpoints", step)["params"]
+    saved = load_checkpoint(workdir / "checkpoints", step)
+    params = saved["params"] if "params" in saved else _replica_params(saved, config, replica)
     state = nnx.state(model, nnx.Param)
     state.replace_by_pure_dict(_pure(params))
     nnx.update(model, state)
     model.eval()
     return model, config
+
+
+def _replica_params(saved: dict, config: dict, replica: int):
+    """Replica ``replica``'s parameters of a stacked checkpoint (``config`` gets its seed and
+    learning rate)."""
+    pairs = config.get("replicas", [])
+    if isinstance(replica, bool) or not isinstance(replica, int) or not 0 <= replica < len(pairs):
+        raise ValueError(f"replica={replica!r} must be an index in [0, {len(pairs)}) of {pairs}")
+    config["train"]["seed"], config["train"]["lr"] = pairs[replica]
+    return jax.tree.map(lambda leaf: leaf[replica], saved["train"]["params"])
 
 
 def _pure(tree):
