@@ -124,3 +124,76 @@ def test_circuit_and_similarity_plots(tmp_path):
     assert (tmp_path / "sim.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="labels"):
         similarity_by_layer_plot(similarity, names[:2])
+
+
+# ---- sweep plots --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rng(request):
+    import zlib
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def sweep_cells(rng, seeds):
+    """Cells of a 2 × 2 sweep from ``sweep_stats.aggregate``, and the old single-seed rows."""
+    from attnjax.training import sweep_stats
+
+    rows = [
+        dict(heads=h, layers=n, variant="", params_total=1000 * n + h, params_attention=400 * n,
+             seed=s, lr=1e-3, status="ok", accuracy=rng.uniform(), sequence_accuracy=rng.uniform(),
+             eval_loss=rng.uniform(0.1, 2), val_accuracy=rng.uniform())
+        for n in (1, 2) for h in (1, 2) for s in range(seeds)
+    ]  # fmt: skip
+    rows[0].update(status="nan", accuracy=None)  # 1 head, 1 layer: one seed fewer
+    columns = ("heads", "layers", "params_total", "accuracy", "sequence_accuracy", "eval_loss")
+    old = [{k: r[k] for k in (*columns, "status")} for r in rows if r["seed"] == seeds - 1]
+    return sweep_stats.aggregate(rows)[0], old
+
+
+def test_sweep_heatmap_annotates_mean_plus_minus_ci_and_old_rows_plainly(rng):
+    from attnjax.viz.sweep import accuracy_heatmap
+
+    cells, old = sweep_cells(rng, seeds=3)
+    texts = [t.get_text() for t in accuracy_heatmap(cells).axes[0].texts]
+    cell = next(c for c in cells if (c["heads"], c["layers"]) == (2, 2))
+    assert f"{cell['accuracy']:.2f}\n±{cell['accuracy_ci95']:.2f}" in texts
+    cells_one, _ = sweep_cells(rng, seeds=1)  # one seed: the interval is unknown, not 0
+    assert "±?" in "".join(t.get_text() for t in accuracy_heatmap(cells_one).axes[0].texts)
+    texts = [t.get_text() for t in accuracy_heatmap(old).axes[0].texts]
+    assert f"{old[-1]['accuracy']:.2f}" in texts and not any("±" in t for t in texts)
+
+
+def test_sweep_error_bars_come_from_the_ci_columns(rng):
+    from matplotlib.container import ErrorbarContainer
+
+    from attnjax.viz.sweep import accuracy_by_heads, metrics_vs_params
+
+    cells, old = sweep_cells(rng, seeds=4)
+    ax = accuracy_by_heads(cells).axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [b.get_label() for b in bars] == ["1 layers", "2 layers"]
+    ((segments,),) = [b.lines[2] for b in bars[1:]]  # 2 layers: one bar per head count
+    spans = sorted(float(s[1, 1] - s[0, 1]) / 2 for s in segments.get_segments())
+    expected = sorted(c["accuracy_ci95"] for c in cells if c["layers"] == 2)
+    np.testing.assert_allclose(spans, expected, rtol=1e-6)
+    loss_ax, acc_ax = metrics_vs_params(cells).axes
+    assert all(isinstance(c, ErrorbarContainer) for c in acc_ax.containers)
+    assert len(acc_ax.containers) == 2
+    old_axes = metrics_vs_params(old).axes  # old rows: plain markers, no error bars
+    assert not old_axes[1].containers and old_axes[1].lines
+    assert len(accuracy_by_heads(old).axes[0].containers) == 2
+
+
+def test_save_sweep_plots_writes_four_pngs(rng, tmp_path):
+    from attnjax.viz.sweep import save_sweep_plots
+
+    cells, old = sweep_cells(rng, seeds=2)
+    for rows, where in ((cells, tmp_path / "new"), (old, tmp_path / "old")):
+        paths = save_sweep_plots(rows, where)
+        assert [p.name for p in paths] == [
+            "accuracy_heatmap.png", "sequence_accuracy_heatmap.png", "metrics_vs_params.png",
+            "accuracy_by_heads.png",
+        ]  # fmt: skip
+        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -1,5 +1,7 @@
-"""Training: train state, jitted steps, the loop, checkpoints, metrics, sharding, sweeps."""
+"""Training: train state, jitted steps, the loop, checkpoints, metrics, sharding, sweeps and their
+statistics over seeds (``sweep_stats``)."""
 
+from attnjax.training import sweep_stats
 from attnjax.training.checkpoint import Checkpointer, load_checkpoint, load_trained_model
 from attnjax.training.loop import RunResult, train_and_evaluate
 from attnjax.training.metrics import MetricsWriter, read_metrics
@@ -29,5 +31,6 @@ __all__ = [
     "run_sweep",
     "shard_batch",
     "state_shardings",
+    "sweep_stats",
     "train_and_evaluate",
 ]
