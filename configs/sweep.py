@@ -47,12 +47,18 @@ def get_config(variant: str = "fixed_model_dim") -> ml_collections.ConfigDict:
             head_dim=16,
             shard="0/1",
             retry_failed=False,
+            # Replicas of every point, trained as one vmapped program (attnjax.training.replicas):
+            # seeds train.seed, train.seed + 1, ... for each learning rate (empty: train.lr).
+            seeds=3,
+            learning_rates=(),
+            early_stop_accuracy=0.0,  # freeze a replica at this validation accuracy (0: off)
+            variants=(),  # extra axes: dicts of dotted config keys -> values (see run_sweep)
         )
     )
     if variant == "tiny":
         config.model.model_dim = 16
         config.task.update(seq_len=11, vocab_size=16, prefix_len=6, min_prefix_len=3)
-        config.sweep.update(heads=(1, 2), layers=(1, 2))
+        config.sweep.update(heads=(1, 2), layers=(1, 2), seeds=2)
         config.train.update(
             batch_size=8, steps=12, warmup=2, log_every=4, eval_every=6, eval_batches=2,
             checkpoint_every=6,

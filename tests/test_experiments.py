@@ -184,7 +184,7 @@ def test_merge_reads_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatc
     from attnjax.training import sweep as sweep_lib
     from configs import sweep as sweep_config
 
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_run)
+    monkeypatch.setattr(sweep_lib, "train_replicas", _fake_run)
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 3), layers=(1,), shard="0/2")  # h3_l1 left to another shard
     sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
@@ -195,8 +195,8 @@ def test_merge_reads_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatc
     assert rows == [("1", "1", "ok"), ("3", "1", "missing")]
 
 
-def _fake_run(config, workdir, **options):
-    from attnjax.training.loop import RunResult
+def _fake_run(config, workdir, replicas, **options):
+    from tests.test_training import fake_replica_result
 
     workdir.mkdir(parents=True, exist_ok=True)
-    return RunResult(str(workdir), 1, 1.0, 0.5, 0.5, 0.1, 100.0, 0.1, 0.2, {"params/total": 10})
+    return [fake_replica_result(r, config.model.num_heads) for r in replicas]

@@ -20,7 +20,7 @@ from attnjax.data import make_task
 from attnjax.models import ModelConfig, point_config
 from attnjax.training import sweep as sweep_lib
 from attnjax.training.checkpoint import Checkpointer, load_checkpoint
-from attnjax.training.loop import RunResult, train_and_evaluate
+from attnjax.training.loop import train_and_evaluate
 from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.state import init_model, init_train_state, make_optimizer
 from attnjax.training.step import make_eval_step, make_train_step, masked_metrics, pool_metrics
@@ -166,16 +166,28 @@ def test_train_rejects_a_model_that_does_not_fit_the_task(tmp_path):
         train_and_evaluate(config, tmp_path)
 
 
-def _fake_result(config, workdir, **options):
-    """Stands in for training: fails like a real run would for 3 heads, NaN for 8."""
+def _fake_result(config, workdir, replicas, **options):
+    """Stands in for training: fails like a real run would for 3 heads, diverges for 8."""
     heads = config.model.num_heads
     ModelConfig.from_config(config.model)  # raises for heads that do not divide model_dim
-    if heads == 8:
-        raise FloatingPointError("loss is nan at step 3")
     workdir.mkdir(parents=True, exist_ok=True)
-    return RunResult(
-        str(workdir), 1, 1.0, 1.0 / heads, 0.5, 0.1, 100.0, 0.1, 0.2,
-        {"params/total": 1000 * heads, "params/attention": 10 * heads, "params/per_head": 10},
+    return [fake_replica_result(r, heads) for r in replicas]
+
+
+def fake_replica_result(replica, heads: int):
+    """A ``ReplicaResult`` whose accuracy is ``1 / heads`` (status nan for 8 heads)."""
+    from attnjax.training.replicas import ReplicaResult
+
+    diverged = heads == 8
+    return ReplicaResult(
+        name=replica.name, seed=replica.seed, lr=replica.lr,
+        status="nan" if diverged else "ok", reason="loss is nan at step 3" if diverged else "",
+        steps=1, diverged_step=3 if diverged else None, stopped_step=None, final_loss=1.0,
+        val_loss=0.6, val_accuracy=0.4, val_sequence_accuracy=0.1, eval_loss=0.5,
+        accuracy=1.0 / heads, sequence_accuracy=0.1, phase_change_step=None,
+        best_induction=None, tokens_per_s=100.0, compile_s=0.1, wall_s=0.2,
+        params={"params/total": 1000 * heads, "params/attention": 10 * heads,
+                "params/per_head": 10},
     )  # fmt: skip
 
 
@@ -184,8 +196,8 @@ def _count_fake_training(monkeypatch) -> list[str]:
     calls = []
     monkeypatch.setattr(
         sweep_lib,
-        "train_and_evaluate",
-        lambda c, w, **o: calls.append(w.name) or _fake_result(c, w),
+        "train_replicas",
+        lambda c, w, r, **o: calls.append(w.name) or _fake_result(c, w, r),
     )
     return calls
 
@@ -568,7 +580,7 @@ def test_resume_with_other_logging_and_checkpointing_is_accepted(finished_run, t
     ],
 )
 def test_sweep_no_point_can_run_is_refused_before_writing(tmp_path, monkeypatch, override, field):
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    monkeypatch.setattr(sweep_lib, "train_replicas", _fake_result)
     config = sweep_config.get_config("tiny")
     for section, values in override.items():
         config[section].update(values)
@@ -592,7 +604,7 @@ def test_default_sweep_workdirs_differ_by_config_and_not_by_shard(monkeypatch, t
 
 
 def test_failed_point_at_fixed_head_dim_records_that_head_dim(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    monkeypatch.setattr(sweep_lib, "train_replicas", _fake_result)
     config = sweep_config.get_config("tiny")
     config.sweep.update(fixed="head_dim", head_dim=4, heads=(1, 8), layers=(1,))
     rows = {r["heads"]: r for r in sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)}
@@ -601,7 +613,7 @@ def test_failed_point_at_fixed_head_dim_records_that_head_dim(tmp_path, monkeypa
 
 
 def test_merge_lists_the_points_of_the_sweep_in_the_workdir(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    monkeypatch.setattr(sweep_lib, "train_replicas", _fake_result)
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 3, 8), layers=(1,), shard="0/2")
     sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
@@ -622,7 +634,7 @@ def test_sweep_checks_build_the_task_once(tmp_path, monkeypatch):
     monkeypatch.setattr(run_config, "build_task", counting)
     monkeypatch.setattr(loop, "build_task", counting)
     monkeypatch.setattr(sweep_lib, "build_task", counting)
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", _fake_result)
+    monkeypatch.setattr(sweep_lib, "train_replicas", _fake_result)
     config = sweep_config.get_config("tiny")
     sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
     assert len(sweep_lib.sweep_points(config)) == 4 and len(built) == 1
@@ -654,12 +666,12 @@ def test_sweep_grid_takes_numpy_ints():
 def test_two_sweeps_on_one_workdir_at_once_run_each_point_once(tmp_path, monkeypatch):
     calls = []
 
-    def slow_fake(config, workdir, **options):  # long enough for the other sweep to get here
+    def slow_fake(config, workdir, replicas, **options):  # long enough for the other to get here
         calls.append(workdir.name)
         time.sleep(0.5)
-        return _fake_result(config, workdir)
+        return _fake_result(config, workdir, replicas)
 
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", slow_fake)
+    monkeypatch.setattr(sweep_lib, "train_replicas", slow_fake)
     config = sweep_config.get_config("tiny")
     config.sweep.update(heads=(1, 2, 4), layers=(1,))
     start, errors, said = threading.Barrier(2), [], []
@@ -750,11 +762,14 @@ def test_damaged_row_and_result_json_are_rebuilt_or_named(tmp_path, monkeypatch,
     truncate(point / "row.json")  # killed mid-write by an older version, or a full disk
     assert sweep_lib.merge_results(tmp_path) == [row]  # rebuilt from result.json, no training
     assert f"{point / 'row.json'} was damaged" in caplog.text
-    assert json.loads((point / "row.json").read_text()) == row
+    rebuilt = json.loads((point / "row.json").read_text())
+    assert rebuilt["status"] == "ok" and len(rebuilt["replicas"]) == config.sweep.seeds
     truncate(point / "row.json")
     truncate(point / "result.json")
     with pytest.raises(ValueError, match=re.escape(str(point / "row.json"))):
         sweep_lib.merge_results(tmp_path)
     [again] = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)  # from the checkpoint
     assert again["status"] == "ok" and again["eval_loss"] == pytest.approx(row["eval_loss"])
-    assert _strict_json(point / "result.json")["eval_loss"] == pytest.approx(row["eval_loss"])
+    stored = _strict_json(point / "result.json")["replicas"]
+    mean = sum(r["eval_loss"] for r in stored) / len(stored)
+    assert mean == pytest.approx(row["eval_loss"])

@@ -98,12 +98,13 @@ def replicas_for(seeds: Any, learning_rates: Sequence[Any], train) -> list[Repli
     naming ``sweep.seeds`` or ``sweep.learning_rates`` for bad values."""
     seeds = as_int("sweep.seeds", seeds, minimum=1)
     rates = tuple(learning_rates) if learning_rates else (train.lr,)
+    field = "sweep.learning_rates" if learning_rates else "train.lr"
     checked = []
     for lr in rates:
         if isinstance(lr, bool) or not isinstance(lr, int | float | np.floating | np.integer):
-            raise ValueError(f"sweep.learning_rates must be numbers, got {lr!r}")
+            raise ValueError(f"{field} must be numbers, got {lr!r}")
         if not 0 < float(lr) < math.inf:
-            raise ValueError(f"sweep.learning_rates must be positive and finite, got {lr!r}")
+            raise ValueError(f"{field} must be positive and finite, got {lr!r}")
         checked.append(float(lr))
     if len(set(checked)) != len(checked):
         raise ValueError(f"sweep.learning_rates has repeated values: {tuple(rates)}")

@@ -15,6 +15,7 @@ have different shapes, so each compiles once; JAX's persistent compilation cache
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -32,9 +33,10 @@ from absl import logging
 from attnjax import paths
 from attnjax.functional._checks import as_int, as_ints, check_choice
 from attnjax.models import FIXED, ModelConfig, point_config
+from attnjax.training import sweep_stats
 from attnjax.training.files import atomic_write_text, claim, prepare_workdir
-from attnjax.training.loop import train_and_evaluate
 from attnjax.training.progress import progress_bar
+from attnjax.training.replicas import Replica, replicas_for, train_replicas
 from attnjax.training.run_config import (
     build_task,
     check_run_config,
@@ -49,6 +51,7 @@ __all__ = [
     "format_results",
     "merge_results",
     "parse_shard",
+    "point_replicas",
     "default_workdir",
     "point_run_config",
     "recorded_points",
@@ -56,34 +59,27 @@ __all__ = [
     "sweep_points",
 ]
 
-COLUMNS = (
-    "heads",
-    "layers",
-    "model_dim",
-    "head_dim",
-    "params_total",
-    "params_attention",
-    "params_per_head",
-    "final_loss",
-    "eval_loss",
-    "accuracy",
-    "sequence_accuracy",
-    "tokens_per_s",
-    "compile_s",
-    "wall_s",
-    "status",
-    "reason",
-)
+COLUMNS = sweep_stats.CELL_COLUMNS  # results.csv's columns
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
+    """A cell of the grid: ``heads`` x ``layers`` x a variant of ``sweep.variants`` (its label
+    and its ``(dotted key, value)`` overrides; ``""`` and none for a plain heads x layers
+    sweep)."""
+
     heads: int
     layers: int
+    variant: str = ""
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
-        return f"h{self.heads}_l{self.layers}"
+        return f"h{self.heads}_l{self.layers}" + (f"_{self.variant}" if self.variant else "")
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.heads, self.layers, self.variant)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -104,7 +100,37 @@ def sweep_points(config) -> list[SweepPoint]:
     layers = as_ints("sweep.layers", sweep.layers)
     check_choice("sweep.fixed", sweep.fixed, FIXED)
     as_int("sweep.head_dim", sweep.head_dim, minimum=1)  # used at fixed head_dim only
-    return [SweepPoint(h, n) for n in layers for h in heads]
+    variants = _variants(config) or [("", ())]
+    return [
+        SweepPoint(h, n, label, overrides) for label, overrides in variants for n in layers
+        for h in heads
+    ]  # fmt: skip
+
+
+def _variants(config) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:
+    """``sweep.variants`` (dicts of dotted config keys to values, each with an optional
+    ``name``) as ``(label, overrides)``; ``ValueError`` naming ``sweep.variants`` if malformed."""
+    found = []
+    for i, variant in enumerate(config.sweep.get("variants", ()) or ()):
+        variant = variant.to_dict() if hasattr(variant, "to_dict") else variant
+        if not isinstance(variant, dict) or not variant:
+            raise ValueError(f"sweep.variants[{i}] must be a non-empty dict, got {variant!r}")
+        overrides = tuple((k, v) for k, v in variant.items() if k != "name")
+        for key, _ in overrides:
+            *parents, leaf = key.split(".")
+            section = config
+            for parent in parents:
+                section = section.get(parent) if hasattr(section, "get") else None
+            if section is None or not hasattr(section, "get") or leaf not in section:
+                raise ValueError(f"sweep.variants[{i}]: {key!r} is not a field of the config")
+            if key.startswith("sweep."):
+                raise ValueError(f"sweep.variants[{i}]: {key!r} may not change the sweep itself")
+        label = str(variant.get("name") or "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides))
+        found.append((label, overrides))
+    labels = [label for label, _ in found]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"sweep.variants have repeated names: {labels}")
+    return found
 
 
 def point_run_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
@@ -112,6 +138,7 @@ def point_run_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
     ``point_config(model, heads, layers, sweep.fixed, sweep.head_dim)``. Only the model fields
     that change are written, so the run config keeps the keys (and the ``config.json``) it had.
     ``ValueError`` naming the field if the point's model cannot be built."""
+    config = _with_overrides(config, point)
     base, model = _point_models(config, point)
     config = ml_collections.ConfigDict(config.to_dict())  # an unlocked, independent copy
     changed = {k: v for k, v in model.to_dict().items() if v != getattr(base, k)}
@@ -120,8 +147,26 @@ def point_run_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
     return config
 
 
+def _with_overrides(config, point: SweepPoint):
+    """``config`` with ``point``'s variant overrides applied to a copy that keeps its field
+    references (``model.max_seq_len`` follows an overridden ``task.seq_len``)."""
+    if not point.overrides:
+        return config
+    config = copy.deepcopy(config)
+    config.unlock()
+    for key, value in point.overrides:
+        *parents, leaf = key.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    config.lock()
+    return config
+
+
 def _point_models(config, point: SweepPoint) -> tuple[ModelConfig, ModelConfig]:
-    """The base model of the sweep and the model of ``point``."""
+    """The base model of the sweep (with the point's variant) and the model of ``point``."""
+    config = _with_overrides(config, point)
     base = ModelConfig.from_config(config.model)
     sweep = config.sweep
     return base, point_config(base, point.heads, point.layers, sweep.fixed, sweep.head_dim)
@@ -153,60 +198,90 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}"[:300]
 
 
-def _row(point: SweepPoint, config, result=None, **extra) -> dict[str, Any]:
+def _cell_keys(point: SweepPoint, config, params: dict[str, int] | None = None) -> dict:
+    """What a point's rows share: its grid keys, sizes and parameter totals."""
     try:
         model = _point_models(config, point)[1]
         sizes = dict(model_dim=model.model_dim, head_dim=model.resolved_head_dim)
     except ValueError:  # a point that cannot be built: its failure row says why
-        sizes = dict(model_dim=config.model.model_dim)
-    row: dict[str, Any] = dict.fromkeys(COLUMNS, "")
-    row.update(heads=point.heads, layers=point.layers, **sizes)
-    if result is not None:
-        params = result.params
-        row.update(
-            params_total=params.get("params/total", ""),
-            params_attention=params.get("params/attention", ""),
-            params_per_head=params.get("params/per_head", ""),
-            final_loss=result.train_loss,
-            eval_loss=result.eval_loss,
-            accuracy=result.eval_accuracy,
-            sequence_accuracy=result.eval_sequence_accuracy,
-            tokens_per_s=result.tokens_per_s,
-            compile_s=result.compile_s,
-            wall_s=result.wall_s,
-            status="ok",
-        )
-    row.update(extra)
-    return row
+        sizes = dict(model_dim=config.model.model_dim, head_dim="")
+    params = params or {}
+    return dict(
+        heads=point.heads, layers=point.layers, variant=point.variant, **sizes,
+        params_total=params.get("params/total", ""),
+        params_attention=params.get("params/attention", ""),
+        params_per_head=params.get("params/per_head", ""),
+    )  # fmt: skip
+
+
+_RESULT_FIELDS = (
+    "seed", "lr", "status", "reason", "steps", "diverged_step", "stopped_step", "final_loss",
+    "val_loss", "val_accuracy", "val_sequence_accuracy", "eval_loss", "accuracy",
+    "sequence_accuracy", "phase_change_step", "best_induction", "tokens_per_s", "compile_s",
+    "wall_s",
+)  # fmt: skip
+
+
+def _point_row(point: SweepPoint, config, results) -> dict[str, Any]:
+    """``row.json`` of a trained point: its keys and one row per replica."""
+    cell = _cell_keys(point, config, results[0].params)
+    replicas = [{**cell, **{f: getattr(r, f) for f in _RESULT_FIELDS}} for r in results]
+    ok = [r for r in results if r.status == "ok"]
+    status = "ok" if ok else "nan"
+    reason = "" if ok else f"every replica diverged ({results[0].reason})"
+    return {**cell, "status": status, "reason": reason, "replicas": replicas}
+
+
+def _failed_row(point: SweepPoint, config, replicas, status: str, reason: str, wall_s) -> dict:
+    """``row.json`` of a point that raised: every replica recorded with the point's reason."""
+    cell = _cell_keys(point, config)
+    rows = [
+        {**cell, **dict.fromkeys(_RESULT_FIELDS), "seed": r.seed, "lr": r.lr, "status": status,
+         "reason": reason, "wall_s": wall_s}
+        for r in replicas
+    ]  # fmt: skip
+    return {**cell, "status": status, "reason": reason, "replicas": rows}
+
+
+def point_replicas(config) -> list[Replica]:
+    """The replicas every point trains: ``sweep.seeds`` seeds (default 1) for each of
+    ``sweep.learning_rates`` (default: ``train.lr``)."""
+    sweep = config.sweep
+    return replicas_for(sweep.get("seeds", 1), sweep.get("learning_rates", ()), config.train)
 
 
 def _check_buildable(config, points: list[SweepPoint]) -> None:
     """Raise ``ValueError`` naming the field for settings that no point can run with: the task,
-    ``train``, ``mesh``, or a model config that fails at every point. A point that fails alone
-    (e.g. 3 heads of a 16-wide model) is recorded as failed when its turn comes."""
-    from attnjax.training import sharding
+    ``train``, ``mesh``, the replicas, or a model config that fails at every point. A point
+    that fails alone (e.g. 3 heads of a 16-wide model) is recorded as failed in its turn."""
+    from attnjax.training import replicas as replicas_lib
 
-    task = build_task(config)  # the task is shared by every point: built once
+    replicas = point_replicas(config)
+    replicas_lib.check_replicas(config, replicas, config.sweep.get("early_stop_accuracy", 0))
+    task = build_task(config)  # the task of every point without task overrides: built once
     errors = []
     for point in points:
+        overridden = any(key.startswith("task.") for key, _ in point.overrides)
         try:
-            check_run_config(point_run_config(config, point), task)
+            check_run_config(point_run_config(config, point), None if overridden else task)
         except ValueError as error:
             errors.append((point, error))
     if len(errors) == len(points):
         point, error = errors[0]
         raise ValueError(f"{error} (at every point of the sweep, e.g. {point.name})")
-    sharding.mesh_from_config(config.mesh)
 
 
 def run_sweep(
     config, workdir: str | pathlib.Path, *, echo=print, compiler_options=None
 ) -> list[dict[str, Any]]:
-    """Train every point of this shard not yet finished; return the merged rows of all points.
+    """Train every point of this shard not yet finished; return the merged cells of all points
+    (``merge_results``).
 
-    Settings no point can run with raise ``ValueError`` before anything is written. A point
-    that raises (bad shape, NaN loss, out of memory) is recorded and the sweep goes on.
-    ``compiler_options`` goes to each point's ``train_and_evaluate`` (e.g.
+    Each point trains ``point_replicas(config)`` (seeds x learning rates) as one vmapped
+    program (``attnjax.training.replicas``). Settings no point can run with raise
+    ``ValueError`` before anything is written. A point that raises (bad shape, out of memory)
+    is recorded and the sweep goes on; a diverged replica is recorded and its point goes on.
+    ``compiler_options`` goes to each point's ``train_replicas`` (e.g.
     ``attnjax.perf.cpu.compiler_options``, as ``experiments.sweep`` passes unless
     ``--cpu_tune=false``).
     """
@@ -248,10 +323,15 @@ def _run_claimed_point(
         echo(f"{point.name}: already finished ({previous['status']}), skipped")
         return
     start = time.perf_counter()
+    replicas = point_replicas(config)
     try:
         run_config = point_run_config(config, point)
-        result = train_and_evaluate(run_config, point_dir, compiler_options=compiler_options)
-        row = _row(point, config, result)
+        results = train_replicas(
+            run_config, point_dir, replicas,
+            early_stop_accuracy=config.sweep.get("early_stop_accuracy", 0),
+            compiler_options=compiler_options,
+        )  # fmt: skip
+        row = _point_row(point, config, results)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # noqa: BLE001 - a failing point must not stop the sweep
@@ -259,30 +339,46 @@ def _run_claimed_point(
             logging.warning("%s failed: %s", point.name, _one_line(error))
         else:
             logging.warning("%s failed:\n%s", point.name, traceback.format_exc())
-        row = _row(
-            point, config, status=_classify(error), reason=_one_line(error),
-            wall_s=time.perf_counter() - start,
-        )  # fmt: skip
+        wall_s = time.perf_counter() - start
+        row = _failed_row(point, config, replicas, _classify(error), _one_line(error), wall_s)
     point_dir.mkdir(parents=True, exist_ok=True)
-    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
-    if row["status"] == "ok":
-        wall = "" if row["wall_s"] is None else f", {row['wall_s']:.1f} s"
-        echo(
-            f"{point.name}: accuracy {row['accuracy']:.3f}, eval loss {row['eval_loss']:.3f}, "
-            f"{row['params_total']} params{wall}"
-        )
-    else:
-        echo(f"{point.name}: {row['status']}: {row['reason']}")
+    atomic_write_text(row_path, json.dumps(_finite(row), indent=2, allow_nan=False))
+    echo(_said(point, row))
+
+
+def _said(point: SweepPoint, row: dict[str, Any]) -> str:
+    """The line a finished point prints."""
+    if row["status"] != "ok":
+        return f"{point.name}: {row['status']}: {row['reason']}"
+    ok = [r for r in row["replicas"] if r["status"] == "ok"]
+    accuracy = [r["accuracy"] for r in ok]
+    spread = f" ({min(accuracy):.3f}-{max(accuracy):.3f})" if len(ok) > 1 else ""
+    wall = max((r["wall_s"] or 0.0) for r in row["replicas"])
+    return (
+        f"{point.name}: accuracy {sum(accuracy) / len(ok):.3f}{spread} over {len(ok)} of "
+        f"{len(row['replicas'])} replicas, {row['params_total']} params, {wall:.1f} s"
+    )
+
+
+def _finite(tree):
+    """``tree`` with every non-finite float as ``None`` (strict JSON)."""
+    if isinstance(tree, dict):
+        return {k: _finite(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_finite(v) for v in tree]
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def merge_results(
     workdir: str | pathlib.Path, points: list[SweepPoint] | None = None
 ) -> list[dict[str, Any]]:
-    """Gather every ``*/row.json`` under ``workdir`` (all shards) into ``results.csv``.
+    """Gather every ``*/row.json`` under ``workdir`` (all shards) into three tables and return
+    the first: ``results.csv`` (one row per cell at its best learning rate: means over seeds,
+    with ``_std`` and ``_ci95`` columns; ``attnjax.training.sweep_stats``), ``results_by_lr.csv``
+    (one row per cell and learning rate) and ``replicas.csv`` (every replica).
 
     Points of ``points`` with no row yet are listed with status ``missing``. ``ValueError``
-    naming ``workdir`` if it is not a directory.
+    naming ``workdir`` if it is not a directory or holds no sweep.
     """
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -290,29 +386,42 @@ def merge_results(
     rows = {}
     for path in sorted(workdir.glob("*/row.json")):
         row = _read_row(path) or _row_from_run(path)
-        rows[(row["heads"], row["layers"])] = row
-    for point in points or []:
-        rows.setdefault(
-            (point.heads, point.layers),
-            {**dict.fromkeys(COLUMNS, ""), "heads": point.heads, "layers": point.layers,
-             "status": "missing", "reason": "not run yet (another shard?)"},
-        )  # fmt: skip
-    if not rows:
+        rows[(row["heads"], row["layers"], row.get("variant", ""))] = row
+    if not rows and not points:
         raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
-    ordered = [rows[k] for k in sorted(rows, key=lambda hl: (hl[1], hl[0]))]
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(ordered)
-    atomic_write_text(workdir / "results.csv", table.getvalue())  # shards may merge at once
-    return ordered
+    replica_rows = [replica for row in rows.values() for replica in row["replicas"]]
+    cells, by_lr = sweep_stats.aggregate(replica_rows)
+    for point in points or []:
+        if point.key not in rows:
+            cells.append(
+                {**dict.fromkeys(sweep_stats.CELL_COLUMNS, ""), "heads": point.heads,
+                 "layers": point.layers, "variant": point.variant, "status": "missing",
+                 "reason": "not run yet (another shard?)"}
+            )  # fmt: skip
+    if not cells:
+        raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
+    order = lambda r: (int(r["layers"]), int(r["heads"]), str(r.get("variant", "")))
+    cells.sort(key=order)
+    tables = (
+        ("results.csv", cells, sweep_stats.CELL_COLUMNS),
+        ("results_by_lr.csv", sorted(by_lr, key=lambda r: (*order(r), float(r["lr"]))),
+         sweep_stats.BY_LR_COLUMNS),
+        ("replicas.csv", replica_rows, sweep_stats.REPLICA_COLUMNS),
+    )  # fmt: skip
+    for name, table_rows, columns in tables:
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table_rows)
+        atomic_write_text(workdir / name, table.getvalue())  # shards may merge at once
+    return cells
 
 
 def _read_row(path: pathlib.Path) -> dict[str, Any] | None:
     """The row in ``path``; ``None`` if it cannot be read (truncated, not a row)."""
     try:
         row = json.loads(path.read_text())
-        if isinstance(row, dict) and {"heads", "layers", "status"} <= row.keys():
+        if isinstance(row, dict) and {"heads", "layers", "status", "replicas"} <= row.keys():
             return row
     except (OSError, ValueError):
         pass
@@ -322,70 +431,40 @@ def _read_row(path: pathlib.Path) -> dict[str, Any] | None:
 def _row_from_run(row_path: pathlib.Path) -> dict[str, Any]:
     """A damaged ``row.json`` rebuilt (and rewritten) from its point's ``config.json`` and
     ``result.json``; ``ValueError`` naming it when those cannot rebuild it."""
-    from attnjax.training.loop import RunResult
+    from attnjax.training.replicas import ReplicaResult
 
     point_dir = row_path.parent
     try:
-        run_config = ml_collections.ConfigDict(json.loads((point_dir / "config.json").read_text()))
-        result = RunResult(**json.loads((point_dir / "result.json").read_text()))
-        point = SweepPoint(run_config.model.num_heads, run_config.model.num_layers)
-        row = _row(point, run_config, result)
+        recorded = json.loads((point_dir / "config.json").read_text())
+        recorded.pop("replicas"), recorded.pop("early_stop_accuracy")
+        run_config = ml_collections.ConfigDict(recorded)
+        stored = json.loads((point_dir / "result.json").read_text())["replicas"]
+        results = [ReplicaResult(**r) for r in stored]
+        heads, layers = run_config.model.num_heads, run_config.model.num_layers
+        variant = point_dir.name.removeprefix(f"h{heads}_l{layers}").removeprefix("_")
+        point = SweepPoint(heads, layers, variant)
+        row = _point_row(point, run_config, results)
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         raise ValueError(
             f"{row_path} is damaged and its point has no readable result.json to rebuild it "
             "from; run the sweep again (without --merge) to rebuild it from its checkpoint"
         ) from None
     logging.warning("%s was damaged; rebuilt it from %s", row_path, point_dir / "result.json")
-    atomic_write_text(row_path, json.dumps(row, indent=2, allow_nan=False))
+    atomic_write_text(row_path, json.dumps(_finite(row), indent=2, allow_nan=False))
     return row
 
 
-def _cell(value: Any, column: str) -> str:
-    if value in ("", None):
-        return "-"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if column in ("tokens_per_s",):
-            return f"{value:.0f}"
-        if column in ("compile_s", "wall_s"):
-            return f"{value:.1f}"
-        return f"{value:.3f}"
-    return str(value)
-
-
 def format_results(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of the sweep's rows (one line per point)."""
-    columns = (
-        "heads", "layers", "params_total", "params_attention", "accuracy",
-        "sequence_accuracy", "eval_loss", "tokens_per_s", "compile_s", "wall_s", "status",
-    )  # fmt: skip
-    titles = {"params_total": "params", "params_attention": "attn params",
-              "sequence_accuracy": "seq acc", "tokens_per_s": "tokens/s"}  # fmt: skip
-    table = [[titles.get(c, c) for c in columns]]
-    table += [[_cell(row.get(c, ""), c) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)) for line in table
+    """The printed table of a sweep's cells (``sweep_stats.format_cells``): means ± 95%
+    intervals over seeds at each cell's best learning rate, and failures."""
+    reasons = [
+        f"  {r['heads']}x{r['layers']}{'_' + r['variant'] if r.get('variant') else ''}: "
+        f"{r['reason']}"
+        for r in rows
+        if r.get("reason")
     ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    reasons = [f"  {r['heads']}x{r['layers']}: {r['reason']}" for r in rows if r.get("reason")]
-    return "\n".join(lines + _by_layers(rows) + (["failures:"] + reasons if reasons else []))
-
-
-def _by_layers(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per layer count: the range of accuracies over its head counts."""
-    lines = []
-    for layers in sorted({r["layers"] for r in rows}):
-        ok = [r for r in rows if r["layers"] == layers and r.get("status") == "ok"]
-        if ok:
-            acc = [float(r["accuracy"]) for r in ok]
-            seq = [float(r["sequence_accuracy"]) for r in ok]
-            lines.append(
-                f"{layers} layer(s): accuracy {min(acc):.2f}-{max(acc):.2f}, "
-                f"sequence accuracy {min(seq):.2f}-{max(seq):.2f} over {len(ok)} head counts"
-            )
-    return ["", *lines] if lines else []
+    failures = ["failures:", *reasons] if reasons else []
+    return "\n".join([sweep_stats.format_cells(rows), *failures])
 
 
 def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
@@ -395,9 +474,7 @@ def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
     if not path.is_file():
         return None
     try:
-        return sweep_points(
-            ml_collections.ConfigDict({"sweep": json.loads(path.read_text())["sweep"]})
-        )
+        return sweep_points(ml_collections.ConfigDict(json.loads(path.read_text())))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(f"workdir={str(workdir)!r} has an unreadable sweep_config.json") from None
 
