@@ -17,8 +17,8 @@ key [D,K,H], value-down [D,K,R], value-up [N,R,D]); ``mlp`` = the two kernels; `
 attention + MLP biases (reported separately: ``attention_biases``, ``mlp_biases``); ``norms`` =
 every norm's scale and bias (blocks, final, embedding); ``embedding`` = token + position +
 token-type tables; ``unembedding``. ``total`` is their sum and ``non_embedding = total -
-embedding - unembedding``.  An ``attention_only`` model has no MLP: ``mlp`` and ``mlp_biases`` are 0 and
-each block has one norm (the attention's), not two.
+embedding - unembedding``. An ``attention_only`` model has no MLP: ``mlp`` and ``mlp_biases``
+are 0 and each block has one norm (the attention's), not two.
 
 ``unembedding == 0`` has two meanings, told apart by ``unembedding_kind``: ``"tied"`` (a decoder
 whose unembedding is the token embedding, ``"full"`` convention) or ``"none"`` (an encoder, which
