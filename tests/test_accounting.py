@@ -326,3 +326,24 @@ def test_bad_inputs_name_the_field():
         acc.attention_grid_bytes(ModelConfig(), 0, 8)
     assert configs.gpt3.get_config("175B").model.num_layers == 96
     assert configs.gpt3.get_config().is_locked
+
+
+@pytest.mark.parametrize("architecture", ["decoder", "encoder"])
+def test_attention_only_counts_equal_the_leaves_and_the_full_model_less_its_mlps(architecture):
+    full = ModelConfig(
+        vocab_size=20, max_seq_len=12, model_dim=16, num_layers=2, num_heads=2, mlp_dim=24,
+        architecture=architecture, type_vocab_size=2 * (architecture == "encoder"),
+    )  # fmt: skip
+    attn_only = full.replace(attention_only=True)
+    pairs = acc.reconcile(attn_only)  # raises on any category mismatch with the real leaves
+    assert pairs["mlp"] == pairs["mlp_biases"] == (0, 0)
+    assert not any("mlp" in leaf.path for leaf in acc.measure_params(attn_only))
+    d, f, layers = 16, 24, 2
+    mlp_and_norm = 2 * d * f + (f + d) + 2 * d  # kernels, biases, the MLP norm's scale and bias
+    report = acc.count_params(attn_only)
+    assert report.total == acc.count_params(full).total - layers * mlp_and_norm
+    assert report.total == sum(m for _, m in pairs.values())
+    assert report.mlp_dim == 0
+    flops = acc.matmul_flops_per_token
+    assert flops(attn_only) == flops(full) - layers * 2 * 2 * d * f
+    assert acc.param_bytes(attn_only)["float32"] == 4 * report.total

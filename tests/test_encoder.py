@@ -56,7 +56,8 @@ def numpy_layernorm(x, p, eps):
 
 
 def numpy_bert(params, config, tokens, types, mask):
-    """float64 BERT: embeddings + LayerNorm, then post-LN blocks with an exact-GELU MLP."""
+    """float64 BERT: embeddings + LayerNorm, then post-LN blocks with an exact-GELU MLP (no MLP
+    step with ``config.attention_only``)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     erf = np.vectorize(math.erf)
     length = tokens.shape[1]
@@ -76,6 +77,10 @@ def numpy_bert(params, config, tokens, types, mask):
         out, pattern = numpy_attention(q, k, v, mask=key_mask)
         attended = np.einsum("btnr,nrd->btd", out, a["value_up"]) + a["output_bias"]
         x = numpy_layernorm(x + attended, p["blocks"][i]["attention_norm"], config.norm_eps)
+        if config.attention_only:
+            hidden.append(x)
+            patterns.append(pattern)
+            continue
         m = p["blocks"][i]["mlp"]
         up = x @ m["up"]["kernel"] + m["up"]["bias"]
         gelu = 0.5 * up * (1.0 + erf(up / math.sqrt(2.0)))
@@ -232,3 +237,16 @@ def test_encoder_rejects_out_of_range_ids_eagerly_and_under_jit(model, key):
         jax.block_until_ready(run(tokens.at[0, 2].set(50), token_types=types))
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"token_types must be .* got -1"):
         jax.block_until_ready(run(tokens, token_types=types.at[0, 0].set(-1)))
+
+
+def test_attention_only_encoder_is_post_ln_attention_blocks(key):
+    """``norm(x + attn(x))`` per block, against the float64 reference with its MLP left out."""
+    model = random_encoder(seed=6, attention_only=True, model_dim=16, num_heads=2)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert set(params["blocks"][0]) == {"attention", "attention_norm"}
+    tokens, types, mask = random_batch(key, model.config.vocab_size)
+    hidden = jitted(model)(
+        tokens, token_types=types, attention_mask=mask, return_hidden_states=True
+    )[1]
+    want, _ = numpy_bert(params, model.config, *(np.asarray(a) for a in (tokens, types, mask)))
+    np.testing.assert_allclose(hidden, want, atol=2e-5)

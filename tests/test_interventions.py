@@ -357,3 +357,20 @@ def test_scan_layers_capture_and_interventions_equal_the_unrolled_model(key):
         ablation_scan(models[0], tokens, metric),
         atol=2e-6,
     )
+
+
+def test_attention_only_model_captures_no_mlp_and_names_the_capture_it_refuses(key):
+    model = _decoder(key, num_heads=2, attention_only=True)
+    _, cache = run_with_cache(model, _tokens(key))  # default: every name the model has
+    assert "mlp_out" not in cache and "mlp_hidden" not in cache
+    assert {"resid_pre", "attn_out", "resid_mid", "resid_post", "pattern"} <= set(cache)
+    np.testing.assert_array_equal(cache["resid_mid"], cache["resid_post"])
+    np.testing.assert_allclose(
+        cache["resid_post"], cache["resid_pre"] + cache["attn_out"], atol=1e-6
+    )
+    with pytest.raises(
+        ValueError, match=r"'mlp_out' cannot be captured: the model is attention_only"
+    ):
+        run_with_cache(model, _tokens(key), names=("resid_post", "mlp_out"))
+    with pytest.raises(ValueError, match=r"'mlp_hidden' cannot be captured"):
+        model(_tokens(key), capture="mlp_hidden")

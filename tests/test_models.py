@@ -242,3 +242,44 @@ def test_greedy_generate_compiles_no_run_time_checks(key):
     graphdef, state = nnx.split(model)
     prompt = jax.random.randint(key, (1, 3), 0, TINY["vocab_size"])
     assert "callback" not in _greedy.lower(graphdef, state, prompt, 4).as_text()
+
+
+# ---- attention-only models -------------------------------------------------------------------
+
+
+def test_attention_only_block_is_x_plus_attention_of_layernorm_in_float64(key):
+    """A pre-LN attention-only block against ``x + attn(LN(x))`` written in float64 NumPy."""
+    from attnjax.models.transformer import TransformerBlock
+    from tests.reference import numpy_attention
+
+    config = ModelConfig(**{**TINY, "num_heads": 2}, attention_only=True, attention_bias=True)
+    block = TransformerBlock(config, rngs=nnx.Rngs(0))
+    assert block.mlp is None and block.mlp_norm is None
+    params = nnx.to_pure_dict(nnx.state(block, nnx.Param))
+    assert set(params) == {"attention", "attention_norm"}  # no MLP or MLP-norm leaves at all
+    rng = np.random.default_rng(7)
+    params = jax.tree.map(lambda a: (0.5 * rng.standard_normal(a.shape)).astype(np.float32), params)
+    nnx.update(block, params)
+    x = jax.random.normal(key, (2, 12, 16))
+    got = jax.jit(lambda s, x: nnx.merge(nnx.graphdef(block), s)(x))(nnx.state(block), x)
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    xs = np.asarray(x, np.float64)
+    mean = xs.mean(-1, keepdims=True)
+    normed = (xs - mean) / np.sqrt(((xs - mean) ** 2).mean(-1, keepdims=True) + config.norm_eps)
+    normed = normed * p["attention_norm"]["scale"] + p["attention_norm"]["bias"]
+    a = p["attention"]
+    q = np.einsum("btd,dnh->btnh", normed, a["query"]) + a["query_bias"]
+    k = np.einsum("btd,dnh->btnh", normed, a["key"]) + a["key_bias"]
+    v = np.einsum("btd,dnr->btnr", normed, a["value_down"]) + a["value_bias"]
+    out, _ = numpy_attention(q, k, v, mask=np.tril(np.ones((12, 12), bool)))
+    want = xs + np.einsum("btnr,nrd->btd", out, a["value_up"]) + a["output_bias"]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_attention_only_flag_is_validated_by_name(monkeypatch):
+    monkeypatch.setattr(jaxtyping.config, "jaxtyping_disable", True)  # as a user runs it
+    with pytest.raises(ValueError, match="attention_only must be True or False, got 'yes'"):
+        ModelConfig(attention_only="yes")
+    assert ModelConfig(attention_only=True).resolved_mlp_dim == 0
+    assert ModelConfig(attention_only=True, mlp_dim=8).resolved_mlp_dim == 0

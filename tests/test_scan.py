@@ -392,3 +392,39 @@ def test_train_step_with_dropout_reseeds_stacked_streams():
 
     first, again, other = loss(1), loss(1), loss(2)
     assert np.isfinite(first) and first == again and first != other
+
+
+def test_attention_only_scanned_equals_unrolled_values_and_gradients(key):
+    config = ModelConfig(
+        vocab_size=24, max_seq_len=12, model_dim=16, num_layers=2, num_heads=2,
+        attention_only=True,
+    )  # fmt: skip
+    unrolled, scanned = models(config, seed=9)
+    assert "mlp" not in nnx.to_pure_dict(nnx.state(scanned.blocks, nnx.Param))
+    assert scanned.blocks.mlp is None and scanned.blocks.mlp_norm is None
+    tokens = jax.random.randint(key, (2, 12), 0, config.vocab_size)
+    run = lambda m: m(tokens, capture=("resid_mid", "resid_post"))
+    (a, a_cache), (b, b_cache) = jitted(run, unrolled), jitted(run, scanned)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_trees_close(a_cache, b_cache, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b_cache["resid_mid"], b_cache["resid_post"])
+    loss = lambda m: jnp.sum(jnp.sin(m(tokens)))
+    assert_trees_close(grads(unrolled, loss), grads(scanned, loss), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_round_trip_of_an_attention_only_model(tmp_path, key):
+    config = ModelConfig(
+        vocab_size=24, max_seq_len=12, model_dim=16, num_layers=2, num_heads=2,
+        attention_only=True, scan_layers=True,
+    )  # fmt: skip
+    _, scanned = models(config, seed=10)
+    checkpointer = Checkpointer(tmp_path / "ckpt", every=1, keep=1)
+    checkpointer.maybe_save(1, {"params": nnx.state(scanned, nnx.Param)})
+    checkpointer.close()
+    template = {"params": nnx.state(DecoderLM(config, rngs=nnx.Rngs(1)), nnx.Param)}
+    restored = Checkpointer(tmp_path / "ckpt", every=1, keep=1).restore_latest(template)
+    tree = nnx.to_pure_dict(restored["params"])
+    assert set(tree["blocks"]) == {"attention", "attention_norm"}
+    flat = params_from_tree(config.replace(scan_layers=False), unstack_layers(tree))
+    tokens = jax.random.randint(key, (1, 12), 0, config.vocab_size)
+    np.testing.assert_allclose(flat(tokens), scanned(tokens), rtol=1e-5, atol=1e-5)

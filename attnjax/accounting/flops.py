@@ -6,7 +6,8 @@ Conventions: a multiply-add is 2 FLOPs; only matrix multiplications are counted:
 - the attention grid per token: ``2*N*H`` per key for scores Q K^T and ``2*N*R`` per key for
   pattern · V. Non-causal, every query sees all ``T`` keys; causal, query ``t`` sees ``t+1``
   keys, ``(T+1)/2`` on average (about half the grid);
-- MLP: ``2 * 2*D*F``; unembedding (decoders): ``2*D*V``.
+- MLP: ``2 * 2*D*F`` (0 for ``attention_only``, whose F is 0); unembedding (decoders):
+  ``2*D*V``.
 
 ``causal`` (sequence and training counts): ``None``, the default, means ``config.is_causal``, so
 a decoder counts the causal half of the grid and an encoder the full grid; pass ``True`` or

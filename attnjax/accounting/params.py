@@ -17,7 +17,8 @@ key [D,K,H], value-down [D,K,R], value-up [N,R,D]); ``mlp`` = the two kernels; `
 attention + MLP biases (reported separately: ``attention_biases``, ``mlp_biases``); ``norms`` =
 every norm's scale and bias (blocks, final, embedding); ``embedding`` = token + position +
 token-type tables; ``unembedding``. ``total`` is their sum and ``non_embedding = total -
-embedding - unembedding``.
+embedding - unembedding``. An ``attention_only`` model has no MLP: ``mlp`` and ``mlp_biases``
+are 0 and each block has one norm (the attention's), not two.
 
 ``unembedding == 0`` has two meanings, told apart by ``unembedding_kind``: ``"tied"`` (a decoder
 whose unembedding is the token embedding, ``"full"`` convention) or ``"none"`` (an encoder, which
@@ -271,10 +272,10 @@ def count_params(config: ModelConfig, convention: str = "full") -> ParamReport:
     norm = _norm_size(config) if full else 0
     layer = LayerParams(
         attention=attention,
-        mlp=2 * d * f,
-        norms=2 * norm,
+        mlp=2 * d * f,  # f = 0 for an attention-only model
+        norms=(1 if config.attention_only else 2) * norm,
         attention_biases=(n * h + k * h + k * r + d) if full and config.attention_bias else 0,
-        mlp_biases=(f + d) if full and config.mlp_bias else 0,
+        mlp_biases=(f + d) if full and config.mlp_bias and not config.attention_only else 0,
     )
     decoder = config.architecture == "decoder"
     embeddings = EmbeddingParams(

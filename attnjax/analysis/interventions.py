@@ -32,6 +32,7 @@ from attnjax.functional._checks import as_int, check_choice
 from attnjax.functional._types import ArrayT
 from attnjax.layers import NAMES, Interventions
 from attnjax.layers.probe import check_names
+from attnjax.models.transformer import MLP_NAMES
 
 __all__ = [
     "PatchingResult",
@@ -51,10 +52,16 @@ def run_with_cache(
 ) -> tuple[Any, dict[str, Any]]:
     """``(output, cache)``: the model's output and a dict of activations, each ``[L, ...]``
     (shapes in ``attnjax.layers.NAMES``), plus ``"resid_final"`` [B, T, D] (after the final
-    norm). ``names`` default to all; unknown names raise ``ValueError`` ("did you mean ...").
+    norm). ``names`` default to all the model has (an ``attention_only`` model has no
+    ``mlp_hidden``/``mlp_out``; naming one raises ``ValueError``); unknown names raise
+    ``ValueError`` ("did you mean ...").
     Patterns and scores are recomputed from the attention call's log-sum-exp only when named,
     so a blocked (flash) model stays on its fast path otherwise. Works under ``jax.jit``."""
-    names = tuple(NAMES) if names is None else check_names(names)
+    if names is None:
+        absent = MLP_NAMES if model.config.attention_only else ()
+        names = tuple(n for n in NAMES if n not in absent)
+    else:
+        names = check_names(names)
     if not names:
         raise ValueError("names must name at least one activation")
     output, *extras = model(inputs, capture=names, interventions=interventions, **call_kwargs)

@@ -13,8 +13,8 @@ Residual stream (D = 3V + T, one-hot slots): ``tok`` [V] (token embedding), ``po
   token, is pushed away). Every other head has random queries and keys and writes nothing.
 
 RMSNorm (pre-LN) only rescales each position, the same for all of them, so the one-hot
-arithmetic survives it; MLPs are zero. On sequences of distinct tokens repeated twice the
-model predicts the second half almost perfectly.
+arithmetic survives it; the blocks have no MLP (``attention_only``). On sequences of distinct
+tokens repeated twice the model predicts the second half almost perfectly.
 """
 
 from __future__ import annotations
@@ -66,11 +66,10 @@ def planted_induction_model(
         num_kv_heads=num_kv_heads,
         head_dim=width,
         value_dim=v,
-        mlp_dim=4,
+        attention_only=True,
         norm="rmsnorm",
         final_norm=False,
         tie_embeddings=False,
-        mlp_bias=False,
         position_embedding="learned",
     )
     model = DecoderLM(config, rngs=nnx.Rngs(seed))
@@ -97,9 +96,6 @@ def _set_weights(model: DecoderLM, rng: np.random.Generator) -> None:
     model.embeddings.token.embedding[...] = jnp.asarray(embed, jnp.float32)
     model.embeddings.position.embedding[...] = jnp.asarray(positions, jnp.float32)
     model.unembed.kernel[...] = jnp.asarray(unembed, jnp.float32)
-    for block in model.blocks:  # attention only
-        for param in (block.mlp.up.kernel, block.mlp.down.kernel):
-            param[...] = jnp.zeros_like(param[...])
     # After RMSNorm a position holding `ones` one-hot entries is multiplied by sqrt(d / ones).
     gain0, gain1 = math.sqrt(d / 2), math.sqrt(d / 3)
     match = math.sqrt(_SCORE * math.sqrt(h))  # q·k / sqrt(h) = _SCORE for a match

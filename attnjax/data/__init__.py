@@ -7,6 +7,7 @@ from attnjax.data.tasks import (
     CharLM,
     Copy,
     Induction,
+    ZoologyMQAR,
     make_task,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "CharLM",
     "Copy",
     "Induction",
+    "ZoologyMQAR",
     "make_task",
 ]

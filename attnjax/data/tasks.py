@@ -17,6 +17,9 @@ Token 0 is padding everywhere. Tasks:
 - ``induction``: a random sequence of ``prefix_len`` tokens, then the same sequence again;
   the repeated half is predictable only by looking back (induction heads).
 - ``copy`` / ``reverse``: ``x1 … xn SEP`` then the same tokens (reversed for ``reverse``).
+- ``mqar``: multi-query associative recall as Zoology (Arora et al. 2023) generates it: the
+  pairs, then each key queried once at a power-law-distributed distance, filler in between,
+  the answer (the value) as the query position's target.
 - ``char``: character-level language modelling over a user-given text file (random windows).
 """
 
@@ -29,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from attnjax.functional._checks import as_int
+from attnjax.functional._checks import as_bool, as_int, as_positive_float
 
 __all__ = [
     "TASKS",
@@ -38,6 +41,7 @@ __all__ = [
     "CharLM",
     "Copy",
     "Induction",
+    "ZoologyMQAR",
     "make_task",
 ]
 
@@ -291,12 +295,134 @@ class CharLM:
         return _to_batch(seq, np.ones_like(seq, dtype=bool), self.seq_len)
 
 
+@dataclasses.dataclass(frozen=True)
+class ZoologyMQAR:
+    """Multi-query associative recall laid out as Zoology generates it (``"mqar"``).
+
+    Arora, Eyuboglu et al. 2023, "Zoology: Measuring and Improving Recall in Efficient Language
+    Models" (arXiv 2312.04927); the facts below are read from ``zoology/data/multiquery_ar.py``
+    (``multiquery_ar``, HazyResearch/zoology at d88d6f5, ``num_passes=1``) and the settings of
+    ``zoology/experiments/paper_configs/iclr24_zoology_figure2/configs.py``. The code is ours.
+
+    Layout of a row (``C = 2 * num_pairs`` context tokens):
+
+    - positions ``0 .. C-1``: ``k1 v1 k2 v2 ...``, ``num_pairs`` distinct keys drawn from
+      ``[1, vocab_size // 2)`` and ``num_pairs`` distinct values from
+      ``[vocab_size // 2, vocab_size)`` (distinct values too, as Zoology draws them);
+    - every key is queried exactly once, so a row has ``num_pairs`` answers. Key ``i``'s query
+      sits at ``C + 2 * g_i``: the gaps ``g_i`` are distinct slots of ``range(S)``,
+      ``S = (seq_len - C) // 2``, drawn without replacement with weights
+      ``power_a * (g + 1) ** (power_a - 1)`` (short gaps favoured for small ``power_a``;
+      ``power_a = 1`` is uniform). Queries land on even offsets after the context, in an order
+      unrelated to the pairs';
+    - every other position is 0 (``random_non_queries=False``, the figure-2 setting), or with
+      ``random_non_queries=True`` a uniform token from ``[0, vocab_size)`` (which may be a key
+      or a value: Zoology's noise; it is never an answer position).
+
+    Targets: Zoology returns ``inputs = x[:-1]`` and ``labels = y[1:]`` with the value written at
+    ``y[C + 2g + 1]``, so its label at the query position ``C + 2g`` is the queried key's value;
+    the value itself never follows the query in the inputs (that position is filler). Ours is
+    the same under the ``inputs[:, t] -> targets[:, t]`` convention: ``loss_mask`` is 1 exactly
+    at the query positions and ``targets`` there is the value (Zoology's labels, -100 elsewhere,
+    become our mask). Elsewhere ``targets[:, t]`` is the next input token (masked out), so unlike
+    the other tasks ``targets`` is not ``inputs`` shifted at the answers.
+
+    Deliberate differences: Zoology trains on a fixed set (100,000 rows, 64 epochs in figure 2)
+    drawn by ``np.random.seed``; this is an infinite stream, ``batch(step, batch_size)`` a pure
+    function of ``(seed, step, batch_size)``, so the same ``seed`` does not reproduce their rows.
+    Weighted sampling without replacement is done with Gumbel top-k, which draws the same
+    distribution as NumPy's sequential ``choice(replace=False, p=...)``. Zoology's checks
+    ``seq_len`` even and ``4 * num_pairs <= seq_len`` are kept; its ``vocab_size > seq_len``
+    is not (nothing depends on it: the keys and values only need ``num_pairs`` distinct
+    tokens each, checked), so small test vocabularies work.
+    """
+
+    seq_len: int = 64
+    vocab_size: int = 8192
+    num_pairs: int = 4
+    power_a: float = 0.01
+    random_non_queries: bool = False
+    seed: int = 0
+    name = "mqar"
+
+    def __post_init__(self):
+        _check_positive(seq_len=self.seq_len, vocab_size=self.vocab_size, num_pairs=self.num_pairs)
+        as_positive_float("task.power_a", self.power_a)
+        as_bool("task.random_non_queries", self.random_non_queries)
+        if self.seq_len % 2:
+            raise ValueError(f"task.seq_len={self.seq_len} must be even (Zoology's rule)")
+        num_keys = self.vocab_size // 2 - 1
+        if self.num_pairs > num_keys:
+            raise ValueError(
+                f"task.num_pairs={self.num_pairs} exceeds the {num_keys} distinct keys that "
+                f"task.vocab_size={self.vocab_size} provides (keys are tokens 1..vocab_size//2-1)"
+            )
+        if 4 * self.num_pairs > self.seq_len:
+            raise ValueError(
+                f"task.seq_len={self.seq_len} is too short for task.num_pairs={self.num_pairs}: "
+                f"the pairs and their queries need seq_len >= 4 * num_pairs = {4 * self.num_pairs}"
+            )
+
+    @property
+    def gap_weights(self) -> np.ndarray:
+        """The probability of each gap slot ``g`` in ``range(S)`` for one draw (sums to 1)."""
+        slots = (self.seq_len - 2 * self.num_pairs) // 2
+        weights = self.power_a * np.arange(1, slots + 1, dtype=np.float64) ** (self.power_a - 1)
+        return weights / weights.sum()
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = _rng(self.seed, step)
+        b, n, t = batch_size, self.num_pairs, self.seq_len
+        half, context = self.vocab_size // 2, 2 * self.num_pairs
+        keys = _distinct(rng, b, n, half - 1) + 1
+        values = _distinct(rng, b, n, self.vocab_size - half) + half
+        log_p = np.log(self.gap_weights)
+        gumbel = -np.log(-np.log(rng.random((b, log_p.size))))
+        gaps = np.argpartition(-(log_p + gumbel), n - 1, axis=1)[:, :n]  # top n: distinct slots
+        where = context + 2 * gaps  # [B, n] query positions
+        seq = np.full((b, t + 1), PAD, np.int64)
+        seq[:, 0:context:2], seq[:, 1:context:2] = keys, values
+        np.put_along_axis(seq, where, keys, axis=1)
+        if self.random_non_queries:
+            noise = rng.integers(0, self.vocab_size, size=seq.shape)
+            filler = np.ones(seq.shape, bool)
+            filler[:, :context] = False
+            np.put_along_axis(filler, where, False, axis=1)
+            seq = np.where(filler, noise, seq)
+        targets = seq[:, 1:].copy()
+        np.put_along_axis(targets, where, values, axis=1)
+        mask = np.zeros((b, t), np.float32)
+        np.put_along_axis(mask, where, 1.0, axis=1)
+        return Batch(seq[:, :t].astype(np.int32), targets.astype(np.int32), mask)
+
+
+def _distinct(rng: np.random.Generator, rows: int, count: int, pool: int) -> np.ndarray:
+    """[rows, count] distinct draws from ``range(pool)`` per row, uniform over ordered tuples.
+
+    Few draws from a large pool (Zoology's 4 keys of 4095): draw with replacement and redraw
+    the rows that repeat a token (rejection keeps the distribution exact; ``count**2 <= pool``
+    keeps the redrawn share under about a half). Otherwise: the ``count`` smallest of ``pool``
+    uniforms, in the order of their uniforms."""
+    if count * count <= pool:
+        out = rng.integers(0, pool, size=(rows, count))
+        while True:
+            ordered = np.sort(out, axis=1)
+            repeats = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+            if not repeats.any():
+                return out
+            out[repeats] = rng.integers(0, pool, size=(int(repeats.sum()), count))
+    u = rng.random((rows, pool))
+    chosen = np.argsort(u, axis=1)[:, :count]
+    return chosen
+
+
 TASKS = {
     "recall": AssociativeRecall,
     "induction": Induction,
     "copy": Copy,
     "reverse": lambda **kw: Copy(reverse=True, **kw),
     "char": CharLM,
+    "mqar": ZoologyMQAR,
 }
 
 _FIELDS = {
@@ -305,6 +431,7 @@ _FIELDS = {
     "copy": Copy,
     "reverse": Copy,
     "char": CharLM,
+    "mqar": ZoologyMQAR,
 }
 
 

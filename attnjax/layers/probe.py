@@ -19,6 +19,7 @@ __all__ = ["ATTENTION_NAMES", "NAMES", "Interventions", "Recorder", "check_names
 
 # Per layer (the model adds a leading L axis). K = key/value heads: under grouped-query
 # attention k and v have K < N heads; query head n reads key/value head n // (N / K).
+# An attention-only model (ModelConfig.attention_only) has no mlp_hidden / mlp_out.
 NAMES: dict[str, str] = {
     "resid_pre": "[B, T, D] residual entering the block (after any residual patch)",
     "attn_out": "[B, T, D] attention output (sum of head_out over N, plus the output bias)",

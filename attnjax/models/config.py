@@ -37,6 +37,7 @@ FLAGS = (
     "final_norm",
     "embedding_norm",
     "tie_embeddings",
+    "attention_only",
 )
 
 _CHOICES = {
@@ -60,7 +61,10 @@ class ModelConfig:
     ``value_dim = head_dim``, ``mlp_dim = 4 * model_dim``. Use the ``resolved_*`` properties.
 
     The defaults are a small GPT-style decoder (pre-LN, learned positions, tied unembedding,
-    no biases in attention). ``architecture="encoder"`` is a BERT-style encoder (post-LN,
+    no biases in attention). ``attention_only=True`` drops every block's MLP and its norm (pre-LN
+    ``x + attn(norm(x))``, post-LN ``norm(x + attn(x))``; Olsson et al.'s attention-only models,
+    TransformerLens ``attn_only``); ``mlp_dim`` and ``mlp_bias`` are then unused and
+    ``resolved_mlp_dim`` is 0. ``architecture="encoder"`` is a BERT-style encoder (post-LN,
     bidirectional attention, token-type embeddings).
 
     ``scan_layers`` stacks the L blocks' parameters on a leading L axis and runs them with
@@ -100,6 +104,7 @@ class ModelConfig:
     init_std: float = 0.02
     scan_layers: bool | None = None
     remat: str = "none"
+    attention_only: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "max_seq_len", "num_layers"):
@@ -152,7 +157,9 @@ class ModelConfig:
 
     @property
     def resolved_mlp_dim(self) -> int:
-        """F: MLP hidden width."""
+        """F: MLP hidden width (0 with ``attention_only``: the blocks have no MLP)."""
+        if self.attention_only:
+            return 0
         return 4 * self.model_dim if self.mlp_dim is None else self.mlp_dim
 
     @property

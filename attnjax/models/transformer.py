@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int, Shaped
 from attnjax import functional as F
 from attnjax.functional._checks import as_int
 from attnjax.functional._types import ArrayT
-from attnjax.layers import MLP, Interventions, KVCache, MultiHeadAttention, Recorder
+from attnjax.layers import MLP, NAMES, Interventions, KVCache, MultiHeadAttention, Recorder
 from attnjax.layers._checks import trusted_inputs
 from attnjax.models.config import ModelConfig
 from attnjax.models.embeddings import Embeddings, norm_for
@@ -23,7 +23,11 @@ from attnjax.models.scan import (
     stack_modules,
 )
 
+# The activations only a block with an MLP has (``attnjax.layers.probe.NAMES``).
+MLP_NAMES = ("mlp_hidden", "mlp_out")
+
 __all__ = [
+    "MLP_NAMES",
     "DecoderLM",
     "Embeddings",
     "TransformerBlock",
@@ -38,6 +42,8 @@ class TransformerBlock(nnx.Module):
 
     Pre-LN (GPT-2/3): ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
     Post-LN (BERT):   ``norm(x + attn(x))``, then ``norm(x + mlp(x))``.
+    With ``config.attention_only`` the block is the attention step alone: ``mlp`` and
+    ``mlp_norm`` are None (no parameters), and ``resid_post`` equals ``resid_mid``.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -61,16 +67,20 @@ class TransformerBlock(nnx.Module):
             kernel_init=init,
             rngs=rngs,
         )
-        self.mlp_norm = norm_for(config, rngs)
-        self.mlp = MLP(
-            config.model_dim,
-            config.resolved_mlp_dim,
-            activation=config.activation,
-            use_bias=config.mlp_bias,
-            dtype=config.compute_dtype,
-            param_dtype=config.parameter_dtype,
-            kernel_init=init,
-            rngs=rngs,
+        self.mlp_norm = None if config.attention_only else norm_for(config, rngs)
+        self.mlp = (
+            None
+            if config.attention_only
+            else MLP(
+                config.model_dim,
+                config.resolved_mlp_dim,
+                activation=config.activation,
+                use_bias=config.mlp_bias,
+                dtype=config.compute_dtype,
+                param_dtype=config.parameter_dtype,
+                kernel_init=init,
+                rngs=rngs,
+            )
         )
         self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
 
@@ -115,11 +125,24 @@ class TransformerBlock(nnx.Module):
         put("attn_out", attended)
         x = x + self.dropout(attended) if pre else self.attention_norm(x + self.dropout(attended))
         put("resid_mid", x)
-        mlp_out = self.mlp(self.mlp_norm(x) if pre else x, record)
-        put("mlp_out", mlp_out)
-        x = x + self.dropout(mlp_out) if pre else self.mlp_norm(x + self.dropout(mlp_out))
+        if self.mlp is not None:
+            mlp_out = self.mlp(self.mlp_norm(x) if pre else x, record)
+            put("mlp_out", mlp_out)
+            x = x + self.dropout(mlp_out) if pre else self.mlp_norm(x + self.dropout(mlp_out))
         put("resid_post", x)
         return (x, *extras) if extras else x
+
+
+def check_attention_only_capture(capture) -> None:
+    """Refuse capturing an MLP activation of an attention-only model (its blocks have none)."""
+    capture = (capture,) if isinstance(capture, str) else tuple(capture)
+    missing = [name for name in capture if name in MLP_NAMES]
+    if missing:
+        raise ValueError(
+            f"capture: {', '.join(map(repr, missing))} cannot be captured: the model is "
+            f"attention_only=True, its blocks have no MLP (capture one of "
+            f"{[n for n in NAMES if n not in MLP_NAMES]})"
+        )
 
 
 def stack_patterns(patterns) -> Float[ArrayT, "L B N T S"]:
@@ -161,6 +184,8 @@ def run_blocks(
     """
     x0 = x
     first = blocks if is_stacked(blocks) else blocks[0]
+    if first.mlp is None:
+        check_attention_only_capture(capture)
     if interventions is not None:
         interventions.check(num_blocks(blocks), first.attention.num_heads)
 
