@@ -773,3 +773,52 @@ def test_damaged_row_and_result_json_are_rebuilt_or_named(tmp_path, monkeypatch,
     stored = _strict_json(point / "result.json")["replicas"]
     mean = sum(r["eval_loss"] for r in stored) / len(stored)
     assert mean == pytest.approx(row["eval_loss"])
+
+
+def test_sweep_variants_and_learning_rates_reach_every_point_and_table(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(config, workdir, replicas, **options):
+        runs = [(r.seed, r.lr) for r in replicas]
+        seen[workdir.name] = (
+            config.model.model_dim,
+            config.task.seq_len,
+            config.model.max_seq_len,
+            runs,
+        )
+        return _fake_result(config, workdir, replicas)
+
+    monkeypatch.setattr(sweep_lib, "train_replicas", fake)
+    config = sweep_config.get_config("tiny")
+    config.sweep.update(
+        heads=(1,), layers=(1,), seeds=2, learning_rates=(1e-3, 3e-3),
+        variants=({"name": "wide", "model.model_dim": 32, "task.seq_len": 13},
+                  {"model.model_dim": 16}),
+    )  # fmt: skip
+    cells = sweep_lib.run_sweep(config, tmp_path, echo=lambda _: None)
+    assert seen == {
+        "h1_l1_wide": (32, 13, 13, [(0, 1e-3), (1, 1e-3), (0, 3e-3), (1, 3e-3)]),
+        "h1_l1_model_dim16": (16, 11, 11, [(0, 1e-3), (1, 1e-3), (0, 3e-3), (1, 3e-3)]),
+    }
+    assert sorted(c["variant"] for c in cells) == ["model_dim16", "wide"]
+    assert {c["model_dim"] for c in cells} == {16, 32} and all(c["seeds"] == 2 for c in cells)
+    read = lambda name: (tmp_path / name).read_text().strip().splitlines()
+    assert len(read("results.csv")) == 1 + 2
+    assert len(read("results_by_lr.csv")) == 1 + 2 * 2
+    assert len(read("replicas.csv")) == 1 + 2 * 4
+
+
+@pytest.mark.parametrize(
+    "variants, needle",
+    [
+        (({"model.modl_dim": 32},), r"'model.modl_dim' is not a field"),
+        (({"sweep.heads": (2,)},), "may not change the sweep"),
+        (({"name": "a", "model.model_dim": 32}, {"name": "a", "model.model_dim": 16}), "repeated"),
+        (("wide",), r"sweep.variants\[0\] must be a non-empty dict"),
+    ],
+)
+def test_bad_sweep_variants_name_the_field(variants, needle):
+    config = sweep_config.get_config("tiny")
+    config.sweep.variants = variants
+    with pytest.raises(ValueError, match=needle):
+        sweep_lib.sweep_points(config)
