@@ -222,3 +222,25 @@ def test_a_model_the_probe_cannot_run_on_is_refused_naming_the_field(model, says
     with pytest.raises(ValueError, match=r"train\.telemetry_every"):
         split = init_model(TINY, 0)  # the config is checked before anything is built
         make_probe(split.eval_graphdef, split.rest, model)
+
+
+def test_figure_draws_a_line_per_run_and_marks_the_phase_change(tmp_path):
+    from attnjax.viz.telemetry import save_telemetry_plot, telemetry_figure
+
+    def run(scores):
+        return [
+            {"step": 10 * i, "telemetry/induction_max": s, "telemetry/previous_token_max": 0.1,
+             "telemetry/icl": -s, "loss": 3.0 - s}
+            for i, s in enumerate(scores)
+        ]  # fmt: skip
+
+    runs = {"1 layer": run([0.06, 0.07, 0.08]), "2 layers": run([0.06, 0.1, 0.8])}
+    fig = telemetry_figure(runs, threshold=0.5)
+    induction = fig.axes[0]
+    assert [line.get_label() for line in induction.get_lines()[:1]] == ["1 layer (none)"]
+    labels = [line.get_label() for line in induction.get_lines()]
+    assert "2 layers (phase change at 20)" in labels
+    marks = [line for line in fig.axes[3].get_lines() if list(line.get_xdata()) == [20, 20]]
+    assert len(marks) == 1  # the 2-layer run's phase change, on the loss panel too
+    path = save_telemetry_plot(runs, tmp_path / "out" / "telemetry.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and not list(path.parent.glob(".*.tmp"))
