@@ -14,6 +14,7 @@ differ.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -310,10 +311,12 @@ class _Telemetry:
         threshold = float(train.get("phase_change_threshold", DEFAULT_PHASE_CHANGE_THRESHOLD))
         if not every:
             return cls(None, 0, train.steps, threshold, writer, workdir, set())
-        start = time.perf_counter()
-        probe = jax.jit(make_probe(split.eval_graphdef, split.rest, model_config))
-        probe = probe.lower(state.params).compile()
-        logging.info("Compiled the telemetry probe in %.2f s", time.perf_counter() - start)
+        # Traced here, compiled by XLA in a thread while the train step compiles.
+        lowered = jax.jit(make_probe(split.eval_graphdef, split.rest, model_config))
+        lowered = lowered.lower(state.params)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe-compile")
+        probe = pool.submit(lowered.compile)
+        pool.shutdown(wait=False)  # the compile goes on; probe() waits for it at step 0
         records = read_metrics(workdir) if chief and (workdir / "metrics.jsonl").exists() else []
         logged = {r["step"] for r in records if "telemetry/induction_max" in r}
         return cls(probe, every, train.steps, threshold, writer, workdir, logged)
@@ -324,6 +327,8 @@ class _Telemetry:
     def probe(self, step: int, params) -> None:
         if self.due(step):
             self.flush()
+            if isinstance(self._probe, concurrent.futures.Future):
+                self._probe = self._probe.result()
             self._pending = (step, self._probe(params))
 
     def flush(self) -> None:
