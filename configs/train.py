@@ -82,6 +82,12 @@ def get_config(variant: str = "recall") -> ml_collections.ConfigDict:
             checkpoint_every=250,
             keep=2,
             seed=0,
+            # Head telemetry (attnjax.training.telemetry): probe every 25 steps (and at 0 and
+            # the last step; 0 turns it off): 32 points over the sweep's 800 steps, enough to
+            # place a jump seen within 50 steps, for a few % of the run (scripts/
+            # telemetry_cost.py). 0.2: three times a random head's score (the module says more).
+            telemetry_every=25,
+            phase_change_threshold=0.2,
         )
     )
     config.mesh = common.mesh()

@@ -3,15 +3,18 @@
 ``train_and_evaluate(config, workdir)`` reads a locked ``ConfigDict`` laid out as in
 ``configs/train.py`` (``model``, ``task``, ``train``, ``mesh``) and writes into ``workdir``:
 ``config.json``, ``metrics.jsonl``, TensorBoard events (``tensorboard/``), orbax checkpoints
-(``checkpoints/``) and ``result.json``. Started again with the same config and workdir it resumes
-from the newest checkpoint, and ends with exactly the parameters of an uninterrupted run
-(batches are a pure function of ``(seed, step)``). A workdir that holds a run of a different
-config is refused (``ValueError`` naming the differing keys) before anything in it changes;
-only ``BOOKKEEPING_KEYS`` (mesh, logging and checkpoint intervals) may differ.
+(``checkpoints/``), ``result.json`` and, with head telemetry on (``train.telemetry_every`` > 0,
+``attnjax.training.telemetry``), ``telemetry.png``. Started again with the same config and
+workdir it resumes from the newest checkpoint, and ends with exactly the parameters of an
+uninterrupted run (batches are a pure function of ``(seed, step)``). A workdir that holds a
+run of a different config is refused (``ValueError`` naming the differing keys) before anything
+in it changes; only ``BOOKKEEPING_KEYS`` (mesh, logging, checkpoint and telemetry settings) may
+differ.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -42,6 +45,12 @@ from attnjax.training.run_config import (
 )
 from attnjax.training.state import TrainState, init_model, init_train_state
 from attnjax.training.step import make_eval_step, make_train_step, pool_metrics
+from attnjax.training.telemetry import (
+    DEFAULT_PHASE_CHANGE_THRESHOLD,
+    make_probe,
+    phase_change_step,
+    telemetry_scalars,
+)
 
 __all__ = [
     "RunResult",
@@ -64,6 +73,11 @@ class RunResult:
     ``train_loss``, ``tokens_per_s``, ``compile_s`` and ``wall_s`` are ``None`` when unknown:
     a run killed after its last checkpoint but before ``result.json`` is rebuilt from
     ``metrics.jsonl``, which may lack them.
+
+    With head telemetry on: ``phase_change_step``, the first probed step at which the best
+    induction score reached ``train.phase_change_threshold`` (``None`` if it never did), and
+    ``induction_max``, the best head's induction score at the last step. Both are ``None``
+    with telemetry off (and in a ``result.json`` written before they existed).
     """
 
     workdir: str
@@ -76,6 +90,8 @@ class RunResult:
     compile_s: float | None
     wall_s: float | None
     params: dict[str, int]
+    phase_change_step: int | None = None
+    induction_max: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, with any non-finite number as ``None`` (JSON has no NaN)."""
@@ -180,6 +196,7 @@ def train_and_evaluate(
         logging.info("Resuming %s from step %d", workdir, start_step)
 
     try:
+        telemetry = _Telemetry.for_run(config, split, model_config, state, writer, workdir, chief)
         if start_step < train.steps:
             compile_start = time.perf_counter()
             compiled = train_step.lower(state, batch_of(start_step)).compile()
@@ -187,10 +204,12 @@ def train_and_evaluate(
             logging.info("Compiled the train step in %.2f s", compile_s)
             state, train_loss, tokens_per_s = _run_steps(
                 compiled, state, batch_of, start_step, config, writer, checkpointer, evaluate,
-                tokens_per_step,
+                tokens_per_step, telemetry,
             )  # fmt: skip
         else:  # killed after its last checkpoint, before result.json: rebuild from the records
             train_loss, tokens_per_s, compile_s = _recorded_performance(workdir, train.steps)
+            telemetry.probe(start_step, state.params)  # if killed before it was logged
+            telemetry.flush()
         final = evaluate(state.params)
         if start_step < train.steps:  # a finished run started again adds no records
             summary = {f"eval/{k}": v for k, v in final.items()}
@@ -201,6 +220,7 @@ def train_and_evaluate(
         writer.close()
     if not math.isfinite(final["loss"]):
         raise FloatingPointError(f"eval loss is {final['loss']} after {train.steps} steps")
+    phase_change, induction_max = telemetry.summary(int(state.step))
     result = RunResult(
         workdir=str(workdir),
         steps=int(state.step),
@@ -212,6 +232,8 @@ def train_and_evaluate(
         compile_s=compile_s,
         wall_s=time.perf_counter() - start_time if start_step < train.steps else None,
         params=param_scalars,
+        phase_change_step=phase_change,
+        induction_max=induction_max,
     )
     if chief:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
@@ -265,11 +287,84 @@ class _NoWriter:
         pass
 
 
+class _Telemetry:
+    """The head-telemetry probe of one run (``attnjax.training.telemetry``), or nothing when
+    ``train.telemetry_every`` is 0.
+
+    ``probe(step, params)`` dispatches the jitted probe at the steps it is due (0, every
+    ``telemetry_every``, the last) and keeps its output on the device; ``flush()`` fetches and
+    logs it, called one step later like the train metrics. Every process runs the probe (it is
+    one program across hosts); the first writes. A step already in ``metrics.jsonl`` (the
+    checkpoint a run resumes from) is probed again but not logged twice.
+    """
+
+    def __init__(self, probe, every, steps, threshold, writer, workdir, logged):
+        self._probe, self.every, self.steps = probe, every, steps
+        self.threshold, self._writer, self._workdir = threshold, writer, workdir
+        self._logged = logged  # steps whose telemetry metrics.jsonl already holds
+        self._pending: tuple[int, Any] | None = None
+
+    @classmethod
+    def for_run(cls, config, split, model_config, state, writer, workdir, chief) -> _Telemetry:
+        train = config.train
+        every = int(train.get("telemetry_every", 0))
+        threshold = float(train.get("phase_change_threshold", DEFAULT_PHASE_CHANGE_THRESHOLD))
+        if not every:
+            return cls(None, 0, train.steps, threshold, writer, workdir, set())
+        # Traced here, compiled by XLA in a thread while the train step compiles.
+        lowered = jax.jit(make_probe(split.eval_graphdef, split.rest, model_config))
+        lowered = lowered.lower(state.params)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe-compile")
+        probe = pool.submit(lowered.compile)
+        pool.shutdown(wait=False)  # the compile goes on; probe() waits for it at step 0
+        records = read_metrics(workdir) if chief and (workdir / "metrics.jsonl").exists() else []
+        logged = {r["step"] for r in records if "telemetry/induction_max" in r}
+        return cls(probe, every, train.steps, threshold, writer, workdir, logged)
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == self.steps)
+
+    def probe(self, step: int, params) -> None:
+        if self.due(step):
+            self.flush()
+            if isinstance(self._probe, concurrent.futures.Future):
+                self._probe = self._probe.result()
+            self._pending = (step, self._probe(params))
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            step, out = self._pending
+            self._pending = None
+            if step not in self._logged:
+                self._writer.write(step, telemetry_scalars(out))
+                self._logged.add(step)
+
+    def summary(self, step: int) -> tuple[int | None, float | None]:
+        """``(phase_change_step, induction_max at step)`` from ``metrics.jsonl`` (all of the
+        run's probes, before a resume too) and ``telemetry.png`` written; ``(None, None)``
+        with telemetry off or on processes other than the first."""
+        path = self._workdir / "metrics.jsonl"
+        if not self.every or isinstance(self._writer, _NoWriter) or not path.exists():
+            return None, None
+        records = [r for r in read_metrics(path) if "telemetry/induction_max" in r]
+        last = [r["telemetry/induction_max"] for r in records if r["step"] == step]
+        from attnjax.viz.telemetry import save_telemetry_plot
+
+        save_telemetry_plot(
+            {self._workdir.name: read_metrics(path)},
+            self._workdir / "telemetry.png",
+            threshold=self.threshold,
+        )
+        value = last[-1] if last and isinstance(last[-1], float) else None
+        return phase_change_step(records, threshold=self.threshold), value
+
+
 def _run_steps(
     compiled, state: TrainState, batch_of, start_step, config, writer, checkpointer, evaluate,
-    tokens_per_step,
+    tokens_per_step, telemetry: _Telemetry,
 ):  # fmt: skip
-    """The loop proper: metrics of step s are fetched after step s+1 is dispatched."""
+    """The loop proper: metrics of step s (and the telemetry probed after it) are fetched after
+    step s+1 is dispatched. The probe's device time is part of the steady-state throughput."""
     train = config.train
     pending: tuple[int, Any] | None = None
     last_loss = math.nan
@@ -289,6 +384,7 @@ def _run_steps(
         writer.write(step, values)
         return values["loss"]
 
+    telemetry.probe(start_step, state.params)  # step 0, or a resume point not yet logged
     with progress_bar(train.steps, desc="train", initial=start_step) as bar:
         for step in range(start_step, train.steps):
             state, metrics = compiled(state, batch_of(step))
@@ -296,6 +392,7 @@ def _run_steps(
             if pending is not None:
                 last_loss = flush(pending)
                 pending = None
+            telemetry.flush()
             if steady_start is None:  # time steady state from the end of the first step
                 jax.block_until_ready(metrics)
                 steady_start = time.perf_counter()
@@ -303,6 +400,7 @@ def _run_steps(
                 steady_steps += 1
             if done % train.log_every == 0 or done == train.steps:
                 pending = (done, metrics)
+            telemetry.probe(done, state.params)
             pause_start = time.perf_counter()
             if done % train.eval_every == 0 and done != train.steps:
                 scores = evaluate(state.params)
@@ -314,6 +412,7 @@ def _run_steps(
         end = time.perf_counter()
         if pending is not None:
             last_loss = flush(pending)
+        telemetry.flush()
     elapsed = end - steady_start - paused if steady_start else 0.0
     tokens_per_s = steady_steps * tokens_per_step / elapsed if steady_steps and elapsed > 0 else 0.0
     logging.info("Steady state: %.0f tokens/s", tokens_per_s)

@@ -18,6 +18,7 @@ from attnjax.models import ModelConfig
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.files import atomic_write_text
 from attnjax.training.state import make_optimizer
+from attnjax.training.telemetry import DEFAULT_PHASE_CHANGE_THRESHOLD, check_probeable
 
 __all__ = [
     "BOOKKEEPING_KEYS",
@@ -41,6 +42,10 @@ BOOKKEEPING_KEYS = (
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep",
+    # Telemetry watches training without changing it: a run resumes with another interval or
+    # threshold, and workdirs of runs made before these keys existed stay valid.
+    "train.telemetry_every",
+    "train.phase_change_threshold",
     "sweep.shard",
     "sweep.retry_failed",
 )
@@ -161,6 +166,17 @@ def _check_train_config(train) -> None:
     as_int("train.seed", train.seed, minimum=0)
     as_int("train.warmup", train.warmup, minimum=0)
     optimizer_for(train)  # learning rate, clipping, warmup < steps, weight decay
+    as_int("train.telemetry_every", train.get("telemetry_every", 0), minimum=0)
+    threshold = train.get("phase_change_threshold", DEFAULT_PHASE_CHANGE_THRESHOLD)
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 < threshold <= 1
+    ):
+        raise ValueError(
+            f"train.phase_change_threshold must be a number in (0, 1] (an induction score), "
+            f"got {threshold!r}"
+        )
 
 
 def _check_mesh(config, devices=None) -> None:
@@ -182,12 +198,15 @@ def check_batch_divides(config, mesh) -> None:
 
 def check_run_config(config, task=None, *, devices=None) -> tuple[Any, ModelConfig]:
     """The task and ``ModelConfig`` of a run config, after checking ``config.train`` (every
-    setting the optimizer, checkpointer and loop take) and ``config.mesh`` (on ``devices``,
-    default this process's); ``ValueError`` naming the field for any impossible setting
+    setting the optimizer, checkpointer, loop and telemetry take; telemetry needs a model the
+    probe can run on, ``attnjax.training.telemetry.check_probeable``) and ``config.mesh`` (on
+    ``devices``, default this process's); ``ValueError`` naming the field for any impossible setting
     (nothing is trained or written). ``task``: the config's task if already built
     (``build_task(config)``)."""
     _check_train_config(config.train)
     task = build_task(config) if task is None else task
     model_config = model_config_for(config, task)
+    if config.train.get("telemetry_every", 0):
+        check_probeable(model_config, "train.telemetry_every")
     _check_mesh(config, devices)
     return task, model_config
