@@ -72,6 +72,16 @@ def test_each_replica_equals_its_separate_run(trained, tmp_path, index):
     assert result.eval_loss == pytest.approx(separate.eval_loss, rel=1e-5)
     assert result.accuracy == pytest.approx(separate.eval_accuracy, abs=1e-6)
     assert result.final_loss == pytest.approx(separate.train_loss, rel=1e-5)
+    # head telemetry: the vmapped probe gives each replica its separate run's scores
+    assert result.best_induction == pytest.approx(separate.induction_max, rel=1e-4)
+    assert result.phase_change_step == separate.phase_change_step
+    ours = read_metrics(workdir / "replicas" / replica.name)
+    theirs = read_metrics(tmp_path / "alone")
+    key = "telemetry/induction/L0H1"
+    assert [r["step"] for r in ours if key in r] == [r["step"] for r in theirs if key in r]
+    np.testing.assert_allclose(
+        [r[key] for r in ours if key in r], [r[key] for r in theirs if key in r], rtol=1e-4
+    )
 
 
 def test_replicas_differ_and_share_data_by_seed(trained):
@@ -102,6 +112,9 @@ def test_a_killed_run_resumes_to_bit_identical_parameters(trained, tmp_path):
     records = read_metrics(run / "replicas" / REPLICAS[3].name)
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == [3, 6, 9, 12]  # each step logged once
+    probed = [r["step"] for r in records if "telemetry/induction_max" in r]
+    assert probed == sorted(set(probed)) and probed[0] == 0 and probed[-1] == 12
+    assert (run / "telemetry.png").stat().st_size > 1000
 
 
 def test_a_finished_point_started_again_keeps_its_result(trained):

@@ -54,8 +54,10 @@ class MetricsWriter:
         self._tb.add_text(tag, f"```\n{text}\n```", 0)
 
     def close(self) -> None:
-        self._file.close()
-        self._tb.close()
+        """Close the file and the event writer (again: nothing)."""
+        if not self._file.closed:
+            self._file.close()
+            self._tb.close()
 
     def __enter__(self):
         return self

@@ -48,7 +48,7 @@ from attnjax.functional._checks import as_int
 from attnjax.training import sharding as sharding_lib
 from attnjax.training.checkpoint import Checkpointer
 from attnjax.training.files import atomic_write_text, prepare_workdir
-from attnjax.training.metrics import MetricsWriter
+from attnjax.training.metrics import MetricsWriter, read_metrics
 from attnjax.training.progress import progress_bar
 from attnjax.training.run_config import (
     EVAL_SEED_OFFSET,
@@ -332,7 +332,6 @@ def train_replicas(
     *,
     early_stop_accuracy: Any = None,
     compiler_options: Callable[[str], Mapping[str, Any] | None] | None = None,
-    probe: Any = None,
 ) -> list[ReplicaResult]:
     """Train ``replicas`` of ``config``'s model into ``workdir`` as one vmapped program
     (resuming from its newest checkpoint); evaluate each on validation and test streams.
@@ -382,7 +381,8 @@ def train_replicas(
     for replica in replicas:
         (workdir / "replicas" / replica.name).mkdir(parents=True, exist_ok=True)
         writers.append(MetricsWriter(workdir / "replicas" / replica.name, resume_step=start_step))
-    loop = _Loop(config, replicas, writers, early_stop_accuracy, probe)
+    telemetry = _ReplicaTelemetry.for_run(config, split, model_config, workdir, replicas, writers)
+    loop = _Loop(config, replicas, writers, early_stop_accuracy, telemetry)
     if start_step == 0:
         logging.info(
             "Parameters of %s (each of %d replicas):\n%s", workdir.name, count, param_table
@@ -402,6 +402,7 @@ def train_replicas(
             compile_s = time.perf_counter() - compile_start
             logging.info("Compiled the step of %d replicas in %.2f s", count, compile_s)
             batch_of = lambda step: _place(training.batch(step), sharding)
+            telemetry.probe(start_step, state.train.params)  # step 0, or again after a kill
             state = loop.run(compiled, state, rest, lrs, seeds, batch_of, start_step, checkpointer,
                              lambda p: evaluate(p, validation), sharding)  # fmt: skip
         final_validation = evaluate(state.train.params, validation)
@@ -415,6 +416,9 @@ def train_replicas(
                     {"perf/compile_s": compile_s, "perf/tokens_per_s": loop.tokens_per_s}
                 )
                 writer.write(done, summary)
+        for writer in writers:  # the records are complete: the summary reads them
+            writer.close()
+        telemetry_summary = telemetry.summary()
     finally:
         checkpointer.close()
         for writer in writers:
@@ -422,7 +426,7 @@ def train_replicas(
     wall_s = time.perf_counter() - start_time if compile_s is not None else None
     results = [
         _result(replica, i, state, loop, final_validation[i], final_test[i], param_scalars,
-                compile_s, wall_s)
+                compile_s, wall_s, telemetry_summary[i])
         for i, replica in enumerate(replicas)
     ]  # fmt: skip
     text = json.dumps({"replicas": [r.to_dict() for r in results]}, indent=2, allow_nan=False)
@@ -430,7 +434,7 @@ def train_replicas(
     return results
 
 
-def _result(replica, i, state, loop, val, tst, params, compile_s, wall_s) -> ReplicaResult:
+def _result(replica, i, state, loop, val, tst, params, compile_s, wall_s, telemetry):
     diverged = int(state.diverged_at[i])
     stopped = int(state.stopped_at[i])
     scores = [val["loss"], tst["loss"]]
@@ -459,8 +463,8 @@ def _result(replica, i, state, loop, val, tst, params, compile_s, wall_s) -> Rep
         eval_loss=tst["loss"],
         accuracy=tst["accuracy"],
         sequence_accuracy=tst["sequence_accuracy"],
-        phase_change_step=loop.phase_change_step(i),
-        best_induction=loop.best_induction(i),
+        phase_change_step=telemetry[0],
+        best_induction=telemetry[1],
         tokens_per_s=loop.tokens_per_s,
         compile_s=compile_s,
         wall_s=wall_s,
@@ -473,15 +477,14 @@ class _Loop:
     is dispatched (the host never stalls the device), evaluation and checkpoints on their
     intervals, early stopping, and the per-replica records."""
 
-    def __init__(self, config, replicas, writers, early_stop_accuracy, probe):
+    def __init__(self, config, replicas, writers, early_stop_accuracy, telemetry):
         self.config = config
         self.replicas = replicas
         self.writers = writers
         self.early_stop_accuracy = early_stop_accuracy
-        self.probe = probe
+        self.telemetry = telemetry
         self.last_loss: list[float | None] = [None] * len(replicas)
         self.tokens_per_s: float | None = None
-        self._telemetry: list[list[tuple[int, dict[str, float]]]] = [[] for _ in replicas]
 
     @staticmethod
     def all_frozen(state: ReplicaState) -> bool:
@@ -536,6 +539,7 @@ class _Loop:
                     steady_steps += 1
                 if done % train.log_every == 0 or done == train.steps:
                     pending = (done, metrics)
+                self.telemetry.probe(done, state.train.params)  # fetched at the next one
                 pause_start = time.perf_counter()
                 stopping = False
                 if done % train.eval_every == 0 and done != train.steps:
@@ -552,19 +556,88 @@ class _Loop:
                 bar.update(1)
                 if stopping:
                     logging.info("every replica is frozen at step %d: training ends", done)
+                    self.telemetry.probe(done, state.train.params, force=True)
                     break
             jax.block_until_ready(state)
             end = time.perf_counter()
             if pending is not None:
                 flush(pending)
+            self.telemetry.flush()
         elapsed = end - steady_start - paused if steady_start else 0.0
         self.tokens_per_s = (
             steady_steps * tokens_per_step / elapsed if steady_steps and elapsed > 0 else None
         )
         return state
 
-    def phase_change_step(self, i: int) -> int | None:
-        return None
 
-    def best_induction(self, i: int) -> float | None:
-        return None
+class _ReplicaTelemetry:
+    """Head telemetry (``attnjax.training.telemetry``) of every replica: one vmapped, jitted
+    probe at step 0, every ``train.telemetry_every`` steps and the last, dispatched after the
+    step and fetched at the next probe (the host does not wait for it); each replica's scores
+    go to its own records. Off (every method a no-op) when ``telemetry_every`` is 0."""
+
+    def __init__(self, probe, every, steps, threshold, replicas, writers, workdir):
+        self._probe, self.every, self.steps, self.threshold = probe, every, steps, threshold
+        self.replicas, self.writers, self.workdir = replicas, writers, workdir
+        self._pending: tuple[int, Any] | None = None
+        self._logged = [self._logged_steps(r) for r in replicas] if every else []
+
+    @classmethod
+    def for_run(cls, config, split, model_config, workdir, replicas, writers):
+        from attnjax.training import telemetry
+
+        train = config.train
+        every = int(train.get("telemetry_every", 0))
+        threshold = float(
+            train.get("phase_change_threshold", telemetry.DEFAULT_PHASE_CHANGE_THRESHOLD)
+        )
+        probe = None
+        if every:
+            # eval mode: the other variables (dropout RNG state) are read by no probe
+            one = telemetry.make_probe(split.eval_graphdef, split.rest, model_config)
+            probe = jax.jit(jax.vmap(one))
+        return cls(probe, every, train.steps, threshold, replicas, writers, workdir)
+
+    def _records(self, replica: Replica) -> list[dict]:
+        path = self.workdir / "replicas" / replica.name / "metrics.jsonl"
+        return read_metrics(path) if path.exists() else []
+
+    def _logged_steps(self, replica: Replica) -> set[int]:
+        return {r["step"] for r in self._records(replica) if "telemetry/induction_max" in r}
+
+    def probe(self, step: int, params, *, force: bool = False) -> None:
+        due = self.every and (step % self.every == 0 or step == self.steps or force)
+        if due and (self._pending is None or self._pending[0] != step):
+            self.flush()
+            self._pending = (step, self._probe(params))
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        from attnjax.training.telemetry import telemetry_scalars
+
+        step, out = self._pending
+        self._pending = None
+        host = jax.device_get(out)
+        for i, writer in enumerate(self.writers):
+            if step not in self._logged[i]:
+                writer.write(step, telemetry_scalars({k: v[i] for k, v in host.items()}))
+                self._logged[i].add(step)
+
+    def summary(self) -> list[tuple[int | None, float | None]]:
+        """Per replica, ``(phase_change_step, the last best induction score)`` from its
+        records (before a resume too), and ``telemetry.png`` of all replicas written."""
+        if not self.every:
+            return [(None, None)] * len(self.replicas)
+        from attnjax.training.telemetry import phase_change_step
+        from attnjax.viz.telemetry import save_telemetry_plot
+
+        by_run = {r.name: self._records(r) for r in self.replicas}
+        save_telemetry_plot(by_run, self.workdir / "telemetry.png", threshold=self.threshold)
+        found = []
+        for records in by_run.values():
+            key = "telemetry/induction_max"
+            scores = [r[key] for r in records if key in r]
+            last = scores[-1] if scores and isinstance(scores[-1], int | float) else None
+            found.append((phase_change_step(records, threshold=self.threshold), last))
+        return found
