@@ -44,6 +44,9 @@ def main(argv: list[str]) -> None:
         options = cpu.compiler_options if CPU_TUNE.value else None
         rows = sweep_lib.run_sweep(config, workdir, compiler_options=options)
     plots = save_sweep_plots(rows, workdir)
+    threshold = config.train.get("phase_change_threshold")
+    telemetry = sweep_lib.save_sweep_telemetry(workdir, threshold)
+    plots += [telemetry] if telemetry else []
     print(sweep_lib.format_results(rows))
     print(f"results: {workdir}/results.csv; plots: {', '.join(p.name for p in plots)}")
     if not any(row["status"] == "ok" for row in rows):

@@ -56,6 +56,7 @@ __all__ = [
     "point_run_config",
     "recorded_points",
     "run_sweep",
+    "save_sweep_telemetry",
     "sweep_points",
 ]
 
@@ -465,6 +466,24 @@ def format_results(rows: list[dict[str, Any]]) -> str:
     ]
     failures = ["failures:", *reasons] if reasons else []
     return "\n".join([sweep_stats.format_cells(rows), *failures])
+
+
+def save_sweep_telemetry(workdir: str | pathlib.Path, threshold: float | None = None):
+    """``telemetry.png`` in ``workdir``: the head telemetry of every replica of every point on
+    one figure (a line per ``point/replica``, e.g. a 1-layer and a 2-layer model side by side);
+    ``None`` (nothing written) if no replica logged telemetry."""
+    from attnjax.training.metrics import read_metrics
+    from attnjax.viz.telemetry import save_telemetry_plot
+
+    workdir = pathlib.Path(workdir)
+    by_run = {}
+    for path in sorted(workdir.glob("*/replicas/*/metrics.jsonl")):
+        records = [r for r in read_metrics(path) if "telemetry/induction_max" in r or "loss" in r]
+        if any("telemetry/induction_max" in r for r in records):
+            by_run[f"{path.parent.parent.parent.name}/{path.parent.name}"] = records
+    if not by_run:
+        return None
+    return save_telemetry_plot(by_run, workdir / "telemetry.png", threshold=threshold)
 
 
 def recorded_points(workdir: str | pathlib.Path) -> list[SweepPoint] | None:
