@@ -200,3 +200,20 @@ def _fake_run(config, workdir, replicas, **options):
 
     workdir.mkdir(parents=True, exist_ok=True)
     return [fake_replica_result(r, config.model.num_heads) for r in replicas]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    ["configs/repro/zoology_mqar.py:quick", "configs/repro/induction_phase_change.py:quick"],
+)
+def test_reproductions_run_and_print_their_table(tmp_path, config):
+    result = _run("sweep", f"--config={config}", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "± : 95% Student-t interval" in result.stdout
+    cells = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert cells and all(c["status"] == "ok" for c in cells)
+    assert (tmp_path / "telemetry.png").stat().st_size > 1000
+    by_lr = list(csv.DictReader((tmp_path / "results_by_lr.csv").read_text().splitlines()))
+    rates = {float(r["lr"]) for r in by_lr}
+    assert len(rates) == (2 if "zoology" in config else 1)
