@@ -12,10 +12,6 @@ import numpy as np
 from attnjax.bench import timing
 from attnjax.data import make_task
 from attnjax.models import ModelConfig
-from attnjax.training import sharding as sharding_lib
-from attnjax.training.replicas import Replica, init_replica_state, make_replica_step
-from attnjax.training.state import init_model, init_train_state, make_optimizer
-from attnjax.training.step import make_train_step
 
 __all__ = ["REPLICA_SETTINGS", "replica_rows"]
 
@@ -42,6 +38,12 @@ def replica_rows(settings, repeats: int, compiler_options=None) -> list[dict]:
 
 
 def _row(name: str, repeats: int, compiler_options) -> dict:
+    # the training stack (orbax, absl flags) only when a row runs: importing bench loads none
+    from attnjax.training import sharding as sharding_lib
+    from attnjax.training.replicas import Replica, init_replica_state, make_replica_step
+    from attnjax.training.state import init_model, init_train_state, make_optimizer
+    from attnjax.training.step import make_train_step
+
     layers, heads, width, seeds, batch_size, steps = REPLICA_SETTINGS[name]
     task = make_task("induction", seq_len=23, vocab_size=32, prefix_len=12, min_prefix_len=6)
     config = ModelConfig(
