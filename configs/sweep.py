@@ -16,6 +16,11 @@ Variants: ``fixed_model_dim`` (default: width D fixed, head width D/N shrinks as
 ``fixed_head_dim`` (head width H fixed at ``sweep.head_dim``, D kept: attention grows with heads,
 N*H need not equal D; ``attnjax.models.point_config`` builds every point),
 ``tiny`` (a seconds-long grid, for tests). Every run field of ``configs/train.py`` applies.
+
+Each point trains ``sweep.seeds`` seeds (3) for each of ``sweep.learning_rates`` (default
+``train.lr``) as replicas of one vmapped program (``attnjax.training.replicas``); the table
+shows means with 95% Student-t intervals over seeds at each cell's best learning rate (chosen
+on a validation stream, reported on a test stream).
 """
 
 from __future__ import annotations
