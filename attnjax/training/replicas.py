@@ -541,7 +541,6 @@ class _Loop:
                     pending = (done, metrics)
                 self.telemetry.probe(done, state.train.params)  # fetched at the next one
                 pause_start = time.perf_counter()
-                stopping = False
                 if done % train.eval_every == 0 and done != train.steps:
                     scores = validate(state.train.params)
                     for writer, score in zip(self.writers, scores, strict=True):

@@ -140,7 +140,7 @@ def point_run_config(config, point: SweepPoint) -> ml_collections.ConfigDict:
     that change are written, so the run config keeps the keys (and the ``config.json``) it had.
     ``ValueError`` naming the field if the point's model cannot be built."""
     config = _with_overrides(config, point)
-    base, model = _point_models(config, point)
+    base, model = _models_of(config, point)
     config = ml_collections.ConfigDict(config.to_dict())  # an unlocked, independent copy
     changed = {k: v for k, v in model.to_dict().items() if v != getattr(base, k)}
     config.model.update(changed)
@@ -167,7 +167,11 @@ def _with_overrides(config, point: SweepPoint):
 
 def _point_models(config, point: SweepPoint) -> tuple[ModelConfig, ModelConfig]:
     """The base model of the sweep (with the point's variant) and the model of ``point``."""
-    config = _with_overrides(config, point)
+    return _models_of(_with_overrides(config, point), point)
+
+
+def _models_of(config, point: SweepPoint) -> tuple[ModelConfig, ModelConfig]:
+    """``_point_models`` of a config that already holds the point's variant overrides."""
     base = ModelConfig.from_config(config.model)
     sweep = config.sweep
     return base, point_config(base, point.heads, point.layers, sweep.fixed, sweep.head_dim)
