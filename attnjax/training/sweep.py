@@ -392,8 +392,6 @@ def merge_results(
     for path in sorted(workdir.glob("*/row.json")):
         row = _read_row(path) or _row_from_run(path)
         rows[(row["heads"], row["layers"], row.get("variant", ""))] = row
-    if not rows and not points:
-        raise ValueError(f"workdir={str(workdir)!r} holds no sweep (no */row.json)")
     replica_rows = [replica for row in rows.values() for replica in row["replicas"]]
     cells, by_lr = sweep_stats.aggregate(replica_rows)
     for point in points or []:
